@@ -1,0 +1,26 @@
+#!/bin/sh
+# First start: initdb and create the moodle role and database (password from the
+# environment, written to a private temp file, never to the command line).
+set -eu
+chown postgres:postgres "$PGDATA"
+chmod 0700 "$PGDATA"
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    : "${KIT_DB_PASSWORD:?KIT_DB_PASSWORD must be set}"
+    umask 077
+    pwfile=$(mktemp)
+    printf '%s\n' "$KIT_DB_PASSWORD" > "$pwfile"
+    chown postgres "$pwfile"
+    su postgres -s /bin/sh -c "initdb -D '$PGDATA' -U postgres --auth-local=peer --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 --pwfile='$pwfile'" >/dev/null
+    su postgres -s /bin/sh -c "pg_ctl -D '$PGDATA' -o \"-c listen_addresses='' -c config_file=$PGDATA/postgresql.conf\" -w start" >/dev/null
+    # The password is read from a file by psql's \set, so it never appears in argv.
+    su postgres -s /bin/sh -c "psql -v ON_ERROR_STOP=1 -q" <<SQL
+\set pw \`cat $pwfile\`
+CREATE ROLE moodle LOGIN PASSWORD :'pw';
+CREATE DATABASE moodle OWNER moodle ENCODING 'UTF8' TEMPLATE template0;
+SQL
+    rm -f "$pwfile"
+    su postgres -s /bin/sh -c "pg_ctl -D '$PGDATA' -m fast -w stop" >/dev/null
+    echo "kit: database initialised"
+fi
+unset KIT_DB_PASSWORD
+exec setpriv --reuid=postgres --regid=postgres --init-groups postgres -D "$PGDATA" -c config_file=/etc/kit/postgresql.conf

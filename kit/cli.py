@@ -1,0 +1,273 @@
+"""The `kit` command line: one site config in, a running Moodle out."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from kit import __version__, config, doctor, health, images, sizing
+from kit.errors import KitError
+
+SITE_OPTION = click.option(
+    "--site", "site_path", default=lambda: os.environ.get("KIT_SITE", config.DEFAULT_SITE_FILE),
+    show_default="site.yaml or $KIT_SITE", type=click.Path(dir_okay=False),
+    help="The site config file.")
+
+
+def _load(site_path: str) -> config.Site:
+    return config.load_site(site_path)
+
+
+def _print_checks(checks: list[doctor.Check]) -> bool:
+    all_ok = True
+    for check in checks:
+        mark = click.style("ok  ", fg="green") if check.ok else click.style("FAIL", fg="red")
+        click.echo(f"  {mark} {check.name:8} {check.message}")
+        all_ok &= check.ok
+    return all_ok
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="kit")
+def cli() -> None:
+    """Roll out a production-shaped Moodle in one command, and prove it holds a surge.
+
+    \b
+    Typical first rollout on this host:
+      kit init --users 300 --moodle-source ~/moodle-src/4.5.6
+      kit plan        # what will be tuned, and why
+      kit up          # build images, roll out, install Moodle, wait until healthy
+      kit status      # what runs, is it healthy, queue depth
+    """
+
+
+@cli.command()
+@click.option("--users", type=int, default=300, show_default=True, help="Expected concurrent users at peak.")
+@click.option("--moodle-source", default=None, help="Moodle folder, .tar.gz, or git URL (default: Moodle's git, v4.5.6).")
+@click.option("--moodle-ref", default=None, help="Git ref when --moodle-source is a git URL.")
+@click.option("--name", default="moodle", show_default=True, help="Site name: prefixes containers and volumes.")
+@click.option("--port", type=int, default=8080, show_default=True, help="HTTP port nginx publishes.")
+@click.option("--bind", default="0.0.0.0", show_default=True, help="Address to publish on (127.0.0.1: this host only).")
+@click.option("--url", default=None, help="Public URL (Moodle's wwwroot). Default: http://<host>:<port>.")
+@click.option("--base-image", default=None,
+              help=f"Debian 12 base image (default {config.OFFICIAL_BASE_IMAGE}; offline: {images.OFFLINE_BASE_TAG}).")
+@click.option("--target", type=click.Choice(["local", "hosts", "k8s"]), default="local", show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing site.yaml (secrets are kept).")
+@SITE_OPTION
+def init(users: int, moodle_source: str | None, moodle_ref: str | None, name: str, port: int, bind: str,
+         url: str | None, base_image: str | None, target: str, force: bool, site_path: str) -> None:
+    """Write site.yaml and generate the site's secrets (owner-only)."""
+    path = Path(site_path)
+    if path.exists() and not force:
+        raise KitError(f"{path} already exists: edit it, or pass --force to overwrite it")
+    data: dict = {"name": name, "target": target, "users": users, "http": {"bind": bind, "port": port}}
+    if url:
+        data["url"] = url
+    moodle: dict = {}
+    if moodle_source:
+        expanded = os.path.expanduser(moodle_source)
+        moodle["source"] = str(Path(expanded).resolve()) if os.path.exists(expanded) else moodle_source
+    if moodle_ref:
+        moodle["ref"] = moodle_ref
+    if moodle:
+        data["moodle"] = moodle
+    if base_image:
+        data["images"] = {"base": base_image}
+    site = config.parse_site(data, site_dir=path.resolve().parent, source="kit init")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config.dump_site(site))
+    config.ensure_secrets(site)
+    click.echo(f"wrote {path} (site {site.name!r}, {site.users} users, {site.url})")
+    click.echo(f"secrets in {site.secrets_file} (mode 0600)")
+    click.echo("next: `kit plan` to review the tuning, then `kit up`")
+
+
+@cli.command()
+@click.option("--users", type=int, default=None, help="Plan for this many users instead of site.yaml's.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@SITE_OPTION
+def plan(users: int | None, as_json: bool, site_path: str) -> None:
+    """Print every derived number (replicas, php-fpm, PostgreSQL...) with its reason."""
+    site = _load(site_path) if Path(site_path).exists() or users is None else config.parse_site({}, site_dir=Path("."))
+    if users is not None:
+        if users <= 0:
+            raise KitError(f"--users: must be greater than 0 (got {users})")
+        site = site.model_copy(update={"users": users})
+    tuning = sizing.plan(site)
+    if as_json:
+        click.echo(json.dumps(tuning.as_dict(), indent=2, sort_keys=True))
+        return
+    click.echo(f"Plan for {site.users} concurrent users on {tuning.host.cpus} CPUs, {tuning.host.memory_mb} MB RAM")
+    width = max(len(k) for k, _, _ in tuning.rows())
+    for key, value, reason in tuning.rows():
+        click.echo(f"  {key:<{width}}  {value:>8}  {click.style(reason, dim=True)}")
+
+
+@cli.command()
+@SITE_OPTION
+def render(site_path: str) -> None:
+    """Write every file `kit up` will apply to build/<site>/ (read them before applying)."""
+    from kit.render import render as do_render
+
+    site = _load(site_path)
+    config.ensure_secrets(site)
+    out = do_render(site, sizing.plan(site), images.image_set(site))
+    click.echo(f"rendered {out}")
+    for item in sorted(out.iterdir()):
+        click.echo(f"  {item.name}")
+
+
+@cli.command(name="doctor")
+@SITE_OPTION
+def doctor_cmd(site_path: str) -> None:
+    """Check this host can run the site: Docker, port, disk, memory, Moodle source."""
+    site = _load(site_path)
+    ok = _print_checks(doctor.preflight(site, sizing.plan(site)))
+    if not ok:
+        raise KitError("preflight failed: fix the lines marked FAIL above")
+
+
+@cli.command()
+@click.option("--yes", "-y", is_flag=True, help="Do not ask (install Docker if missing, etc.).")
+@click.option("--skip-build", is_flag=True, help="Use images already built for this site.")
+@SITE_OPTION
+def up(yes: bool, skip_build: bool, site_path: str) -> None:
+    """Build images, roll the site out, install Moodle on first run, wait until healthy.
+
+    Running it again on a healthy site changes nothing and loses no data.
+    """
+    from kit.drivers import local
+
+    site = _load(site_path)
+    if site.target != "local":
+        raise KitError(f"target {site.target!r} is not available in this version of the kit; use target: local")
+    started = time.monotonic()
+    tuning = sizing.plan(site)
+    click.secho("==> Preflight", bold=True)
+    checks = doctor.preflight(site, tuning, docker_required=False)
+    docker_check = doctor.check_docker()
+    ok = _print_checks(checks)
+    if not ok:
+        raise KitError("preflight failed: fix the lines marked FAIL above; nothing was changed")
+    if not docker_check.ok:
+        if not doctor.is_debian_like():
+            raise KitError(docker_check.message)
+        if not yes and not sys.stdin.isatty():
+            raise KitError(f"{docker_check.message}; nothing was changed")
+        click.echo(f"  {docker_check.message}")
+        if not yes and not click.confirm("Install Debian's docker.io and start it now?", default=False):
+            raise KitError("Docker is required: rerun with --yes to install it, or install Docker yourself")
+        config.ensure_secrets(site)
+        from kit.render import render as do_render
+
+        site.build_dir.mkdir(parents=True, exist_ok=True)
+        do_render(site, tuning, images.ImageSet("-", "-", "-", "-", "-"))
+        local.install_docker(site)
+    _, totals = local.up(site, tuning, skip_build=skip_build)
+    click.secho("==> Health", bold=True)
+    ready, msg = health.wait_ready(site)
+    if not ready:
+        raise KitError(f"rolled out, but the site is not healthy: {msg} (see `kit status`)")
+    click.echo(f"    {msg}")
+    elapsed = time.monotonic() - started
+    if totals["changed"] == 0:
+        click.secho(f"No changes: the site already matched {site_path} ({elapsed:.0f}s).", fg="green")
+    else:
+        click.secho(f"Site is up ({totals['changed']} changes applied in {elapsed:.0f}s).", fg="green")
+    click.echo(f"  URL:            {site.url}")
+    click.echo(f"  Admin user:     {site.moodle.admin_user}")
+    click.echo(f"  Admin password: stored in {site.secrets_file} (key admin_password)")
+
+
+@cli.command()
+@click.option("--destroy-data", is_flag=True, help="Also delete the database, moodledata and Redis volumes.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before destroying data (for scripts).")
+@SITE_OPTION
+def down(destroy_data: bool, yes: bool, site_path: str) -> None:
+    """Stop the site. Data is kept unless --destroy-data (asks first)."""
+    from kit.drivers import local
+    from kit.render import render as do_render
+
+    site = _load(site_path)
+    if destroy_data and not yes:
+        click.confirm(f"Delete ALL data of site {site.name!r} (database, moodledata, Redis)? This cannot be undone",
+                      abort=True, default=False)
+    config.ensure_secrets(site)
+    if not (site.build_dir / "vars.yml").exists():
+        do_render(site, sizing.plan(site), images.ImageSet("-", "-", "-", "-", "-"))
+    local.down(site, destroy_data=destroy_data)
+    click.echo(f"site {site.name!r} is down; data {'DELETED' if destroy_data else 'kept (volumes ' + site.prefix + '-*)'}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output for scripts.")
+@SITE_OPTION
+def status(as_json: bool, site_path: str) -> None:
+    """What runs, whether it is healthy (with the reason), queue depth, versions."""
+    site = _load(site_path)
+    st = health.status(site)
+    if as_json:
+        click.echo(json.dumps(st.as_dict(), indent=2))
+    else:
+        colour = "green" if st.ready else "red"
+        click.secho(f"{site.name}: {'READY' if st.ready else 'NOT READY'} - {st.reason}", fg=colour, bold=True)
+        click.echo(f"  url      {st.url}")
+        click.echo(f"  moodle   {st.moodle_release or '?'}")
+        click.echo(f"  http     {st.http}")
+        if st.queue:
+            click.echo(f"  queue    {st.queue['due']} adhoc tasks due, oldest {st.queue['oldest_age_s']}s, "
+                       f"{st.queue['failing']} failing")
+        for c in st.containers:
+            click.echo(f"  {c['role']:7} {c['name']:28} {c['state']:8} {c['health']:9} {c['image']}")
+    if not st.ready:
+        sys.exit(1)
+
+
+@cli.group(name="images")
+def images_group() -> None:
+    """Build the site's images, or an offline Debian base image."""
+
+
+@images_group.command(name="base")
+@click.option("--mirror", default=None, help="Debian mirror URL (default: the one this host's apt uses).")
+@click.option("--tag", default=images.OFFLINE_BASE_TAG, show_default=True)
+@click.option("--force", is_flag=True, help="Rebuild even if the image exists.")
+def images_base(mirror: str | None, tag: str, force: bool) -> None:
+    """Build a Debian 12 base image with debootstrap (no registry needed)."""
+    images.build_offline_base(mirror, tag, force=force)
+    click.echo(f"built {tag}; use it with `images: {{base: {tag}}}` in site.yaml or `kit init --base-image {tag}`")
+
+
+@images_group.command(name="build")
+@click.option("--force", is_flag=True, help="Rebuild even if the tags exist.")
+@SITE_OPTION
+def images_build(force: bool, site_path: str) -> None:
+    """Build the site's PHP, Moodle, web, PostgreSQL and Redis images."""
+    built = images.build_all(_load(site_path), force=force)
+    for role, tag in built.as_dict().items():
+        click.echo(f"  {role:9} {tag}")
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted: nothing was changed", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KitError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

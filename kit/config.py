@@ -1,0 +1,234 @@
+"""The site model: site.yaml validated into one `Site`, plus its generated secrets.
+
+Every setting of a deployment lives here (or in `kit.sizing`'s result); templates and
+playbooks only read it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets as pysecrets
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kit.errors import KitError
+
+DEFAULT_SITE_FILE = "site.yaml"
+DEFAULT_MOODLE_GIT = "https://github.com/moodle/moodle.git"
+DEFAULT_MOODLE_REF = "v4.5.6"
+OFFICIAL_BASE_IMAGE = "debian:bookworm-slim"
+SECRET_KEYS = ("db_password", "redis_password", "admin_password", "loadtest_password")
+
+
+class _Strict(BaseModel):
+    """Unknown keys are an error: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class HttpSettings(_Strict):
+    bind: str = Field("0.0.0.0", description="address nginx publishes on (127.0.0.1 for tests)")
+    port: int = Field(8080, ge=1, le=65535)
+
+    @field_validator("bind")
+    @classmethod
+    def _bind_is_ip(cls, value: str) -> str:
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as exc:
+            raise ValueError(f"must be an IP address such as 0.0.0.0 or 127.0.0.1 (got {value!r})") from exc
+        return value
+
+
+class HostSettings(_Strict):
+    """Overrides for the resources sizing plans against (default: this host's)."""
+
+    cpus: int | None = Field(None, gt=0)
+    memory_gb: float | None = Field(None, gt=0)
+
+
+class MoodleSettings(_Strict):
+    source: str = Field(DEFAULT_MOODLE_GIT, description="git URL, local Moodle folder, or .tar.gz/.tgz")
+    ref: str = Field(DEFAULT_MOODLE_REF, description="git ref when source is a git URL")
+    admin_user: str = Field("admin", pattern=r"^[a-z0-9_.@-]+$")
+    admin_email: str = Field("admin@example.com", pattern=r"^[^@\s]+@[^@\s]+$")
+    fullname: str = "Moodle"
+    shortname: str = "moodle"
+    upload_max_mb: int = Field(100, gt=0, le=10240)
+
+    def source_kind(self) -> Literal["git", "folder", "tarball"]:
+        src = self.source
+        if re.match(r"^(https?|ssh|git|file)://", src) or src.startswith("git@") or src.endswith(".git"):
+            return "git"
+        if re.search(r"\.(tar\.gz|tgz|tar)$", src):
+            return "tarball"
+        return "folder"
+
+
+class ImageSettings(_Strict):
+    base: str = Field(OFFICIAL_BASE_IMAGE, description="Debian 12 base image: official, or kit/debian:bookworm from `kit images base`")
+    prefix: str = Field("kit", pattern=r"^[a-z0-9][a-z0-9._/-]*$")
+    tag: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
+                            description="Moodle image tag; default: derived from the code and Dockerfiles")
+
+
+class ScaleSettings(_Strict):
+    web_replicas: int | None = Field(None, ge=1, le=64)
+    workers: int | None = Field(None, ge=0, le=64)
+
+
+class Site(_Strict):
+    name: str = Field("moodle", pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    target: Literal["local", "hosts", "k8s"] = "local"
+    url: str | None = Field(None, description="public URL (Moodle wwwroot); default from http.bind/port")
+    users: int = Field(300, gt=0, le=1_000_000, description="expected concurrent users at peak")
+    http: HttpSettings = HttpSettings()
+    host: HostSettings = HostSettings()
+    moodle: MoodleSettings = MoodleSettings()
+    images: ImageSettings = ImageSettings()
+    scale: ScaleSettings = ScaleSettings()
+
+    # Where the site lives on disk; not part of site.yaml.
+    site_dir: Path = Field(Path("."), exclude=True)
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_http(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.path not in ("", "/"):
+            raise ValueError(f"must be http(s)://host[:port] without a path (got {value!r})")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _default_url(self) -> "Site":
+        if self.url is None:
+            host = "127.0.0.1" if self.http.bind in ("0.0.0.0", "::") else self.http.bind
+            if self.http.bind in ("0.0.0.0", "::"):
+                import socket
+
+                host = socket.getfqdn() or "127.0.0.1"
+            port = "" if self.http.port == 80 else f":{self.http.port}"
+            object.__setattr__(self, "url", f"http://{host}{port}")
+        return self
+
+    # --- paths -----------------------------------------------------------------
+    @property
+    def build_dir(self) -> Path:
+        return self.site_dir / "build" / self.name
+
+    @property
+    def state_dir(self) -> Path:
+        return self.site_dir / ".kit" / self.name
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.state_dir / "secrets.yaml"
+
+    @property
+    def moodle_source_path(self) -> Path:
+        return (self.site_dir / os.path.expanduser(self.moodle.source)).resolve()
+
+    @property
+    def tls_at_proxy(self) -> bool:
+        return (self.url or "").startswith("https://")
+
+    @property
+    def public_port(self) -> int:
+        """The port users reach (Moodle compares it with wwwroot's and redirects on mismatch)."""
+        parsed = urlparse(self.url or "")
+        return parsed.port or (443 if parsed.scheme == "https" else 80)
+
+    @property
+    def prefix(self) -> str:
+        """Container, network and volume name prefix."""
+        return f"kit-{self.name}"
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (check its spelling; `kit init --help` lists the settings)"
+    elif "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], dict):
+        msg = f"{msg} (got {first['input']!r})"
+    more = len(err.errors()) - 1
+    tail = f" (+{more} more)" if more else ""
+    return f"{source}: {loc}: {msg}{tail}"
+
+
+def parse_site(data: object, *, site_dir: Path, source: str = DEFAULT_SITE_FILE) -> Site:
+    """Validate raw YAML data into a Site, raising KitError with one line on bad input."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise KitError(f"{source}: must be a mapping of settings (got {type(data).__name__})")
+    try:
+        site = Site.model_validate(data)
+    except ValidationError as err:
+        raise KitError(_one_line(err, source)) from None
+    object.__setattr__(site, "site_dir", site_dir.resolve())
+    return site
+
+
+def load_site(path: str | os.PathLike = DEFAULT_SITE_FILE) -> Site:
+    site_file = Path(path)
+    if not site_file.exists():
+        raise KitError(f"{site_file}: not found (run `kit init` first, or pass --site PATH)")
+    try:
+        data = yaml.safe_load(site_file.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise KitError(f"{site_file}:{where}: malformed YAML: {problem}") from None
+    return parse_site(data, site_dir=site_file.resolve().parent, source=str(site_file))
+
+
+def dump_site(site: Site) -> str:
+    """site.yaml text: only what differs from the defaults, so it stays short and readable."""
+    data = site.model_dump(exclude_defaults=True, exclude={"site_dir"}, mode="json")
+    header = "# The kit's site config. `kit plan` shows what it derives; `kit render` writes it out.\n"
+    return header + yaml.safe_dump(data, sort_keys=False)
+
+
+# --- secrets ---------------------------------------------------------------------------
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)
+
+
+def ensure_secrets(site: Site) -> dict[str, str]:
+    """Load the site's secrets, generating any that are missing (never defaulted)."""
+    path = site.secrets_file
+    current: dict[str, str] = {}
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise KitError(f"{path}: permissions {oct(mode)} let others read secrets; run `chmod 600 {path}`")
+        current = yaml.safe_load(path.read_text()) or {}
+    missing = [k for k in SECRET_KEYS if not current.get(k)]
+    if missing:
+        for key in missing:
+            current[key] = pysecrets.token_urlsafe(24)
+        _write_private(path, yaml.safe_dump(current, sort_keys=True))
+    return current
+
+
+def load_secrets(site: Site) -> dict[str, str]:
+    if not site.secrets_file.exists():
+        raise KitError(f"{site.secrets_file}: no secrets for site {site.name!r}; run `kit init` or `kit render`")
+    return ensure_secrets(site)

@@ -1,0 +1,1 @@
+"""Drivers apply build/<site>/ to a target: `local` (Ansible + this host's Docker)."""

@@ -1,0 +1,93 @@
+"""The `local` target: this host's Docker engine, driven by Ansible (connection local)."""
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from kit import ROOT
+from kit.config import Site, ensure_secrets
+from kit.errors import KitError
+from kit.images import ImageSet, build_all, image_set
+from kit.render import playbooks_dir, render
+from kit.runner import run
+from kit.sizing import Tuning
+
+RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
+
+
+def ansible_env() -> dict[str, str]:
+    return {
+        "ANSIBLE_CONFIG": str(playbooks_dir() / "ansible.cfg"),
+        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+        "ANSIBLE_FORCE_COLOR": "1" if sys.stdout.isatty() else "0",
+    }
+
+
+def ansible_playbook(site: Site, playbook: str, *, extra: dict[str, str] | None = None,
+                     check: bool = False, diff: bool = False, tags: str | None = None) -> dict[str, int]:
+    """Run one of the kit's playbooks against build/<site>/, streaming its progress.
+
+    Returns the recap counters (ok/changed/failed) summed over hosts.
+    """
+    build = site.build_dir
+    cmd = [
+        str(Path(sys.executable).parent / "ansible-playbook"),
+        "-i", str(build / "inventory.ini"),
+        str(playbooks_dir() / playbook),
+        "-e", f"@{build / 'vars.yml'}",
+        "-e", f"kit_build_dir={build}",
+        "-e", f"kit_secrets_file={site.secrets_file}",
+        "-e", f"ansible_python_interpreter={sys.executable}",
+    ]
+    for key, value in (extra or {}).items():
+        cmd += ["-e", f"{key}={value}"]
+    if check:
+        cmd.append("--check")
+    if diff:
+        cmd.append("--diff")
+    if tags:
+        cmd += ["--tags", tags]
+    lines: list[str] = []
+    code = run(cmd, env=ansible_env(), tee=lines, check=False)
+    totals = {"ok": 0, "changed": 0, "unreachable": 0, "failed": 0}
+    for line in lines:
+        match = RECAP.match(re.sub(r"\x1b\[[0-9;]*m", "", line))
+        if match:
+            for key, idx in (("ok", 2), ("changed", 3), ("unreachable", 4), ("failed", 5)):
+                totals[key] += int(match.group(idx))
+    if code != 0:
+        failed = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in lines if "FAILED!" in line or "fatal:" in line]
+        reason = failed[-1].strip()[:300] if failed else f"ansible-playbook exited {code}"
+        raise KitError(f"rollout failed: {reason}")
+    return totals
+
+
+def install_docker(site: Site) -> None:
+    """Install Debian's docker.io through the playbook's docker_engine role."""
+    ansible_playbook(site, "docker.yml", extra={"docker_engine_install": "true"})
+
+
+def up(site: Site, tuning: Tuning, *, skip_build: bool = False) -> tuple[ImageSet, dict[str, int]]:
+    ensure_secrets(site)
+    started = time.monotonic()
+    click.secho("==> Images", bold=True)
+    images = image_set(site) if skip_build else build_all(site)
+    click.secho(f"    images ready in {time.monotonic() - started:.0f}s", dim=True)
+    click.secho("==> Render", bold=True)
+    out = render(site, tuning, images)
+    click.echo(f"    {out}")
+    click.secho("==> Roll out (Ansible)", bold=True)
+    totals = ansible_playbook(site, "site.yml")
+    return images, totals
+
+
+def down(site: Site, *, destroy_data: bool) -> None:
+    ansible_playbook(site, "down.yml", extra={"kit_destroy_data": "true" if destroy_data else "false"})
+
+
+def repo_root() -> Path:
+    return ROOT

@@ -1,0 +1,203 @@
+"""Sizing: from host resources and expected users to every tuned number, each with a reason.
+
+The result (`Tuning`) is the one home of derived settings: postgresql.conf, the php-fpm
+pool, opcache, replica and worker counts all read it. PostgreSQL values are kept as the
+exact strings PostgreSQL's `SHOW` prints, so a plan can be checked against a live server.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+from kit.config import Site
+
+# Planning constants: each is a stated assumption, printed by `kit plan`.
+PHP_WORKER_MB = 80          # resident memory of one busy Moodle 4.5 php-fpm child
+REQ_PER_USER_S = 0.2        # a concurrent student with think time: one request every ~5 s
+SERVICE_TIME_S = 0.3        # mean time a request holds a php-fpm child
+CHILDREN_PER_CPU = 8        # beyond this, children queue on CPU instead of helping
+CHILDREN_PER_REPLICA = 48   # keep one replica's pool small enough to drain quickly
+OS_RESERVE_MB = 1024
+DB_RAM_SHARE = 0.25         # on one host PostgreSQL plans against a quarter of RAM
+REDIS_MB_PER_USER = 0.25
+
+
+def pg_mem(kb: int) -> str:
+    """Format kB the way PostgreSQL's SHOW does: the largest unit that keeps an integer."""
+    for unit, factor in (("TB", 1024**3), ("GB", 1024**2), ("MB", 1024)):
+        if kb % factor == 0 and kb >= factor:
+            return f"{kb // factor}{unit}"
+    return f"{kb}kB"
+
+
+@dataclass(frozen=True)
+class HostResources:
+    cpus: int
+    memory_mb: int
+
+    @classmethod
+    def detect(cls) -> "HostResources":
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+        return cls(cpus=cpus, memory_mb=int(memory_mb))
+
+    @classmethod
+    def for_site(cls, site: Site) -> "HostResources":
+        found = cls.detect()
+        cpus = site.host.cpus or found.cpus
+        memory_mb = int(site.host.memory_gb * 1024) if site.host.memory_gb else found.memory_mb
+        return cls(cpus=cpus, memory_mb=memory_mb)
+
+
+@dataclass
+class Tuning:
+    """Every derived number, with the one-line reason `kit plan` prints beside it."""
+
+    host: HostResources
+    users: int
+    web_replicas: int
+    fpm_max_children: int
+    fpm_start_servers: int
+    fpm_min_spare: int
+    fpm_max_spare: int
+    php_memory_limit_mb: int
+    opcache_memory_mb: int
+    opcache_max_files: int
+    workers: int
+    adhoc_concurrency_limit: int
+    redis_maxmemory_mb: int
+    postgres: dict[str, str]
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def php_children_total(self) -> int:
+        return self.web_replicas * self.fpm_max_children
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(setting, value, reason) rows in plan order."""
+        out = []
+        for key in ("web_replicas", "fpm_max_children", "fpm_start_servers", "fpm_min_spare", "fpm_max_spare",
+                    "php_memory_limit_mb", "opcache_memory_mb", "opcache_max_files", "workers",
+                    "adhoc_concurrency_limit", "redis_maxmemory_mb"):
+            out.append((key, str(getattr(self, key)), self.reasons.get(key, "")))
+        for key, value in self.postgres.items():
+            out.append((f"postgres.{key}", value, self.reasons.get(f"postgres.{key}", "")))
+        return out
+
+    def as_dict(self) -> dict:
+        data = {key: value for key, value, _ in self.rows() if not key.startswith("postgres.")}
+        data = {k: int(v) for k, v in data.items()}
+        data["postgres"] = dict(self.postgres)
+        data["host"] = {"cpus": self.host.cpus, "memory_mb": self.host.memory_mb}
+        data["users"] = self.users
+        return data
+
+
+def plan(site: Site, host: HostResources | None = None) -> Tuning:
+    host = host or HostResources.for_site(site)
+    users, cpus, ram = site.users, host.cpus, host.memory_mb
+    why: dict[str, str] = {}
+
+    # --- PHP tier -------------------------------------------------------------------
+    needed = math.ceil(users * REQ_PER_USER_S * SERVICE_TIME_S * 2)
+    cpu_cap = cpus * CHILDREN_PER_CPU
+    php_ram = max(256, int((ram - OS_RESERVE_MB) * (1 - DB_RAM_SHARE) * 0.6))
+    ram_cap = max(4, php_ram // PHP_WORKER_MB)
+    total = max(4, min(needed, cpu_cap, ram_cap))
+    limiter = {needed: "expected load", cpu_cap: "CPU count", ram_cap: "memory"}[min(needed, cpu_cap, ram_cap)]
+    if site.scale.web_replicas:
+        replicas = site.scale.web_replicas
+        why["web_replicas"] = "set in site.yaml (scale.web_replicas)"
+    else:
+        replicas = max(2, math.ceil(total / CHILDREN_PER_REPLICA))
+        why["web_replicas"] = (f"at least 2 so a rolling update always has one serving; "
+                               f"+1 per {CHILDREN_PER_REPLICA} php-fpm children")
+    per_replica = max(4, math.ceil(total / replicas))
+    why["fpm_max_children"] = (f"{total} children in all, limited by {limiter} "
+                               f"({users} users x {REQ_PER_USER_S} req/s x {SERVICE_TIME_S}s x2 = {needed}; "
+                               f"{cpus} CPUs x {CHILDREN_PER_CPU} = {cpu_cap}; "
+                               f"{php_ram} MB / {PHP_WORKER_MB} MB = {ram_cap}), split over {replicas} replicas")
+    start = max(1, per_replica // 4)
+    min_spare = max(1, per_replica // 4)
+    max_spare = max(min_spare + 1, per_replica // 2)
+    why["fpm_start_servers"] = "a quarter of max_children warm at start"
+    why["fpm_min_spare"] = "a quarter of max_children kept idle for bursts"
+    why["fpm_max_spare"] = "half of max_children idle at most, the rest freed"
+    why["php_memory_limit_mb"] = "cap for one request (reports, backups); the average is far lower"
+    why["opcache_memory_mb"] = "Moodle 4.5 code compiled: ~100 MB; 128 MB per Moodle's docs"
+    why["opcache_max_files"] = "Moodle 4.5 ships ~17,600 PHP files; every one must fit"
+
+    # --- queued work --------------------------------------------------------------------
+    if site.scale.workers is not None:
+        workers = site.scale.workers
+        why["workers"] = "set in site.yaml (scale.workers)"
+    else:
+        workers = min(max(2, math.ceil(users / 500)), max(2, cpus * 2))
+        why["workers"] = "2 so the queue drains while one restarts; +1 per 500 users, at most 2 per CPU"
+    adhoc_limit = workers + 1
+    why["adhoc_concurrency_limit"] = "one adhoc runner per worker, +1 for a worker being replaced"
+
+    redis_mb = max(256, int(256 + users * REDIS_MB_PER_USER))
+    why["redis_maxmemory_mb"] = f"256 MB application cache + {REDIS_MB_PER_USER} MB per user for sessions"
+
+    # --- PostgreSQL (PGTune, web profile) ----------------------------------------------
+    db_kb = int(ram * DB_RAM_SHARE) * 1024
+    max_conn = total + per_replica + workers + 1 + 1 + 10
+    why["postgres.max_connections"] = (f"{total} php-fpm children + {per_replica} for the replica added during a "
+                                       f"rolling update + {workers} workers + cron + 1 admin CLI + 10 headroom")
+    shared_buffers_mb = db_kb // 4 // 1024
+    pg: dict[str, str] = {}
+    pg["max_connections"] = str(max_conn)
+    pg["shared_buffers"] = pg_mem(shared_buffers_mb * 1024)
+    why["postgres.shared_buffers"] = f"1/4 of the {db_kb // 1024} MB planned for PostgreSQL ({int(DB_RAM_SHARE * 100)}% of RAM on a shared host)"
+    pg["effective_cache_size"] = pg_mem(db_kb * 3 // 4 // 1024 * 1024)
+    why["postgres.effective_cache_size"] = "3/4 of PostgreSQL's memory: what the OS cache can hold"
+    maint_mb = min(db_kb // 16 // 1024, 2048)
+    pg["maintenance_work_mem"] = pg_mem(maint_mb * 1024)
+    why["postgres.maintenance_work_mem"] = "1/16 of PostgreSQL's memory, at most 2 GB"
+    parallel_workers = cpus if cpus >= 4 else 8
+    work_kb = max(4096, (db_kb - shared_buffers_mb * 1024) // ((max_conn + parallel_workers) * 3))
+    pg["work_mem"] = pg_mem(work_kb)
+    why["postgres.work_mem"] = "(memory - shared_buffers) / ((max_connections + worker processes) x 3), at least 4 MB"
+    wal_kb = min(16 * 1024, shared_buffers_mb * 1024 * 3 // 100) // 8 * 8
+    pg["wal_buffers"] = pg_mem(max(wal_kb, 64))
+    why["postgres.wal_buffers"] = "3% of shared_buffers, at most 16 MB"
+    pg["min_wal_size"] = "1GB"
+    pg["max_wal_size"] = "4GB"
+    why["postgres.min_wal_size"] = why["postgres.max_wal_size"] = "web profile: fewer forced checkpoints under write bursts"
+    pg["checkpoint_completion_target"] = "0.9"
+    why["postgres.checkpoint_completion_target"] = "spread checkpoint writes over the interval"
+    pg["default_statistics_target"] = "100"
+    why["postgres.default_statistics_target"] = "PGTune web profile"
+    pg["random_page_cost"] = "1.1"
+    why["postgres.random_page_cost"] = "SSD: random reads cost about as much as sequential"
+    pg["effective_io_concurrency"] = "200"
+    why["postgres.effective_io_concurrency"] = "SSD: many concurrent reads"
+    pg["max_worker_processes"] = str(parallel_workers)
+    why["postgres.max_worker_processes"] = "CPUs when 4 or more, else PostgreSQL's 8"
+    if cpus >= 4:
+        pg["max_parallel_workers_per_gather"] = str(min(4, cpus // 2))
+        pg["max_parallel_workers"] = str(cpus)
+        pg["max_parallel_maintenance_workers"] = str(min(4, cpus // 2))
+        why["postgres.max_parallel_workers_per_gather"] = "half the CPUs, at most 4"
+        why["postgres.max_parallel_workers"] = "one per CPU"
+        why["postgres.max_parallel_maintenance_workers"] = "half the CPUs, at most 4"
+    pg["jit"] = "off"
+    why["postgres.jit"] = "web queries are short: JIT compile time costs more than it saves"
+    pg["wal_compression"] = "lz4"
+    why["postgres.wal_compression"] = "PostgreSQL 15: cheaper WAL for full-page writes"
+    pg["huge_pages"] = "try"
+    why["postgres.huge_pages"] = "used when the kernel offers them, never required"
+    pg["ssl"] = "off"
+    why["postgres.ssl"] = "the database link never leaves this host's Docker network; TLS costs ~8 ms CPU per connection"
+    pg["synchronous_commit"] = "on"
+    why["postgres.synchronous_commit"] = "durability is not a tuning lever"
+
+    return Tuning(
+        host=host, users=users, web_replicas=replicas, fpm_max_children=per_replica,
+        fpm_start_servers=start, fpm_min_spare=min_spare, fpm_max_spare=max_spare,
+        php_memory_limit_mb=256, opcache_memory_mb=128, opcache_max_files=20000,
+        workers=workers, adhoc_concurrency_limit=adhoc_limit, redis_maxmemory_mb=redis_mb,
+        postgres=pg, reasons=why,
+    )

@@ -1,0 +1,205 @@
+"""End to end on this host: `kit init` + `kit up` with a real Docker engine, real PostgreSQL,
+Redis and Moodle (MOODLE_SRC). One site serves every test in this module.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from kit.config import load_site, load_secrets
+from kit.images import OFFLINE_BASE_TAG
+from kit.sizing import plan
+from tests.conftest import moodle_src
+
+pytestmark = pytest.mark.e2e
+
+SRC = moodle_src()
+if SRC is None:
+    pytest.skip("end-to-end tests need a real Moodle 4.5 tree: set MOODLE_SRC (e.g. ~/moodle-src/4.5.6)",
+                allow_module_level=True)
+
+KIT = [sys.executable, "-m", "kit.cli"]
+SITE = "e2e"
+TIMINGS: dict[str, float] = {}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def kit(*args: str, cwd: Path, timeout: float = 3600) -> subprocess.CompletedProcess:
+    """Run kit, streaming nothing but keeping the output for assertions (shown on failure)."""
+    result = subprocess.run([*KIT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        print(result.stdout[-6000:], result.stderr[-3000:])
+    return result
+
+
+def sh(*cmd: str, stdin: str | None = None, timeout: float = 120) -> str:
+    result = subprocess.run(cmd, capture_output=True, text=True, input=stdin, timeout=timeout)
+    assert result.returncode == 0, f"{cmd}: {result.stdout[-2000:]} {result.stderr[-2000:]}"
+    return result.stdout
+
+
+def psql(sql: str) -> str:
+    return sh("docker", "exec", "-u", "postgres", f"kit-{SITE}-db", "psql", "-d", "moodle", "-tAX", "-c", sql).strip()
+
+
+def moodle_php(code: str) -> str:
+    """Run PHP through Moodle's API inside a web replica, as www-data (secrets from its env)."""
+    script = "<?php define('CLI_SCRIPT', true); require '/var/www/moodle/config.php';\n" + code
+    return sh("docker", "exec", "-i", "-u", "www-data", f"kit-{SITE}-web-1", "php", stdin=script)
+
+
+@pytest.fixture(scope="module")
+def site_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("site")
+    if subprocess.run(["docker", "image", "inspect", OFFLINE_BASE_TAG], capture_output=True).returncode != 0:
+        started = time.monotonic()
+        assert kit("images", "base", cwd=folder).returncode == 0
+        TIMINGS["base image (debootstrap)"] = time.monotonic() - started
+    port = free_port()
+    result = kit("init", "--name", SITE, "--users", "50", "--moodle-source", str(SRC), "--bind", "127.0.0.1",
+                 "--port", str(port), "--base-image", OFFLINE_BASE_TAG, cwd=folder)
+    assert result.returncode == 0, result.stderr
+    cold = not any(subprocess.run(["docker", "image", "ls", "-q", "kit/php"], capture_output=True,
+                                  text=True).stdout.split())
+    started = time.monotonic()
+    result = kit("up", cwd=folder)
+    TIMINGS["first kit up" + (" (cold: images from scratch)" if cold else " (images cached)")] = \
+        time.monotonic() - started
+    assert result.returncode == 0, "kit up failed"
+    assert "Site is up" in result.stdout
+    yield folder
+    kit("down", "--destroy-data", "--yes", cwd=folder)
+    print("\nkit up timings:", {k: f"{v:.0f}s" for k, v in TIMINGS.items()})
+
+
+@pytest.fixture(scope="module")
+def site(site_dir):
+    return load_site(site_dir / "site.yaml")
+
+
+def login(site, password: str) -> requests.Session:
+    session = requests.Session()
+    page = session.get(f"{site.url}/login/index.php", timeout=30)
+    token = re.search(r'name="logintoken" value="([^"]+)"', page.text).group(1)
+    resp = session.post(f"{site.url}/login/index.php", timeout=30, data={
+        "username": site.moodle.admin_user, "password": password, "logintoken": token})
+    session.last_page = resp  # type: ignore[attr-defined]
+    return session
+
+
+def test_login_page_answers_with_moodle_markup(site):
+    resp = requests.get(f"{site.url}/login/index.php", timeout=30)
+    assert resp.status_code == 200
+    assert 'name="logintoken"' in resp.text and "moodle" in resp.text.lower()
+    assert site.url.startswith("http://127.0.0.1:")
+
+
+def test_admin_logs_in_with_the_stored_password(site):
+    session = login(site, load_secrets(site)["admin_password"])
+    page = session.get(f"{site.url}/user/profile.php", timeout=30)
+    assert page.status_code == 200
+    assert "login/logout.php?sesskey=" in page.text
+    assert 'name="logintoken"' not in page.text
+    wrong = login(site, "not-the-password")
+    assert "Invalid login" in wrong.last_page.text
+
+
+def test_static_files_and_slash_arguments_are_served(site):
+    js = requests.get(f"{site.url}/lib/javascript-static.js", timeout=30)
+    assert js.status_code == 200 and "Cache-Control" in js.headers or "Expires" in js.headers
+    theme = requests.get(f"{site.url}/theme/image.php/boost/core/1/i/loading", timeout=60)
+    assert theme.status_code == 200 and theme.headers["Content-Type"].startswith("image/")
+
+
+def test_postgres_show_equals_plan(site):
+    tuning = plan(site)
+    for key, value in tuning.postgres.items():
+        assert psql(f"SHOW {key}") == value, key
+
+
+def test_fpm_pool_has_planned_max_children(site):
+    tuning = plan(site)
+    for replica in range(1, tuning.web_replicas + 1):
+        dump = subprocess.run(["docker", "exec", f"kit-{SITE}-web-{replica}", "php-fpm8.2", "-tt"],
+                              capture_output=True, text=True).stderr
+        assert re.search(rf"pm\.max_children = {tuning.fpm_max_children}\b", dump), dump[-500:]
+    status = sh("docker", "exec", f"kit-{SITE}-web-1", "sh", "-c",
+                "SCRIPT_NAME=/fpm-status SCRIPT_FILENAME=/fpm-status REQUEST_METHOD=GET "
+                "cgi-fcgi -bind -connect 127.0.0.1:9000")
+    assert "process manager:      dynamic" in status
+
+
+def test_sessions_and_application_cache_live_in_redis(site):
+    login(site, load_secrets(site)["admin_password"])
+    keys = sh("docker", "exec", f"kit-{SITE}-redis", "sh", "-c",
+              'REDISCLI_AUTH="$KIT_REDIS_PASSWORD" redis-cli --scan --count 1000')
+    assert any(k.startswith("sess_") for k in keys.split()), "no session key in Redis"
+    stores = moodle_php("$w = cache_config_writer::instance(); foreach ($w->get_mode_mappings() as $m) "
+                        "{ echo $m['mode'], '=', $m['store'], \"\\n\"; }")
+    assert "1=kit_redis" in stores.split()
+
+
+def test_adhoc_task_runs_on_a_worker_and_web_runs_no_cron(site):
+    queued_at = int(time.time())
+    moodle_php("\\core\\task\\manager::queue_adhoc_task(new \\core\\task\\calendar_fix_orphaned_events());")
+    deadline = time.monotonic() + 60
+    host = ""
+    while time.monotonic() < deadline:
+        host = psql("select hostname from mdl_task_log where classname like '%calendar_fix_orphaned_events' "
+                    f"and timestart >= {queued_at} order by id desc limit 1")
+        if host:
+            break
+        time.sleep(2)
+    assert host.startswith(f"kit-{SITE}-worker-"), f"adhoc task not run by a worker within 60 s (host {host!r})"
+    hosts = set(psql("select distinct hostname from mdl_task_log").split())
+    assert not [h for h in hosts if "-web-" in h], hosts
+    assert f"kit-{SITE}-cron" in hosts, "the scheduled-task runner has logged no task"
+    for replica in range(1, plan(site).web_replicas + 1):
+        procs = sh("docker", "exec", f"kit-{SITE}-web-{replica}", "sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '")
+        assert "cron.php" not in procs and "adhoc_task.php" not in procs
+
+
+def test_second_up_changes_nothing_and_keeps_data(site, site_dir):
+    moodle_php("require_once($CFG->dirroot . '/course/lib.php'); "
+               "create_course((object)['fullname' => 'Kept course', 'shortname' => 'kept1', 'category' => 1]);")
+    assert psql("select count(*) from mdl_course where shortname = 'kept1'") == "1"
+    started = time.monotonic()
+    result = kit("up", cwd=site_dir)
+    TIMINGS["second kit up (warm, nothing to do)"] = time.monotonic() - started
+    assert result.returncode == 0
+    assert "No changes" in result.stdout, result.stdout[-3000:]
+    assert psql("select count(*) from mdl_course where shortname = 'kept1'") == "1"
+    assert requests.get(f"{site.url}/login/index.php", timeout=30).status_code == 200
+
+
+def test_status_json_reports_ready(site_dir):
+    result = kit("status", "--json", cwd=site_dir)
+    assert result.returncode == 0, result.stdout
+    data = yaml.safe_load(result.stdout)
+    assert data["ready"] is True
+    roles = sorted({c["role"] for c in data["containers"]})
+    assert roles == ["cron", "db", "nginx", "redis", "web", "worker"]
+    assert data["moodle_release"].startswith("4.5")
+    assert "due" in data["queue"]
+
+
+def test_no_secret_in_process_arguments(site):
+    secrets = load_secrets(site)
+    args = subprocess.run(["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"], capture_output=True,
+                          text=True).stdout
+    for key, value in secrets.items():
+        assert value not in args, f"{key} is visible in a process's arguments"
