@@ -134,8 +134,9 @@ def doctor_cmd(site_path: str) -> None:
 @cli.command()
 @click.option("--yes", "-y", is_flag=True, help="Do not ask (install Docker if missing, etc.).")
 @click.option("--skip-build", is_flag=True, help="Use images already built for this site.")
+@click.option("--dry-run", is_flag=True, help="Show what would change (Ansible check + diff); change nothing.")
 @SITE_OPTION
-def up(yes: bool, skip_build: bool, site_path: str) -> None:
+def up(yes: bool, skip_build: bool, dry_run: bool, site_path: str) -> None:
     """Build images, roll the site out, install Moodle on first run, wait until healthy.
 
     Running it again on a healthy site changes nothing and loses no data.
@@ -143,6 +144,9 @@ def up(yes: bool, skip_build: bool, site_path: str) -> None:
     from kit.drivers import local
 
     site = _load(site_path)
+    if dry_run:
+        _dry_run(site)
+        return
     if site.target != "local":
         raise KitError(f"target {site.target!r} is not available in this version of the kit; use target: local")
     started = time.monotonic()
@@ -181,6 +185,30 @@ def up(yes: bool, skip_build: bool, site_path: str) -> None:
     click.echo(f"  URL:            {site.url}")
     click.echo(f"  Admin user:     {site.moodle.admin_user}")
     click.echo(f"  Admin password: stored in {site.secrets_file} (key admin_password)")
+
+
+def _dry_run(site: config.Site) -> None:
+    from kit.drivers import local
+    from kit.render import render as do_render
+
+    tuning = sizing.plan(site)
+    if not doctor.check_docker().ok:
+        raise KitError(doctor.check_docker().message)
+    config.ensure_secrets(site)
+    wanted = images.image_set(site)
+    missing = [tag for tag in wanted.as_dict().values() if not images.image_exists(tag)]
+    out = do_render(site, tuning, wanted)
+    click.echo(f"rendered {out} (read it to see every setting that would be applied)")
+    if missing:
+        click.echo("would build: " + ", ".join(missing))
+        click.echo("containers using those images would be (re)created; run `kit images build` first "
+                   "for a container-by-container dry run")
+        return
+    totals = local.ansible_playbook(site, "site.yml", check=True, diff=True)
+    if totals["changed"]:
+        click.secho(f"dry run: {totals['changed']} changes would be applied (marked 'changed' above)", fg="yellow")
+    else:
+        click.secho("dry run: no changes; the site matches site.yaml", fg="green")
 
 
 @cli.command()
