@@ -280,6 +280,11 @@ def images_build(force: bool, site_path: str) -> None:
         click.echo(f"  {role:9} {tag}")
 
 
+from kit.cli_loadtest import loadtest  # noqa: E402  (registered after the core commands)
+
+cli.add_command(loadtest)
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

@@ -43,3 +43,14 @@ def moodle_src() -> Path | None:
         return None
     path = Path(value).expanduser()
     return path if (path / "version.php").is_file() else None
+
+
+#: Figures end-to-end tests measure (e.g. cold and warm `kit up`), printed at the end of the run.
+MEASURED: dict[str, str] = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MEASURED:
+        terminalreporter.section("measured here")
+        for key, value in MEASURED.items():
+            terminalreporter.write_line(f"{key}: {value}")

@@ -18,7 +18,7 @@ import yaml
 from kit.config import load_site, load_secrets
 from kit.images import OFFLINE_BASE_TAG
 from kit.sizing import plan
-from tests.conftest import moodle_src
+from tests.conftest import MEASURED, moodle_src
 
 pytestmark = pytest.mark.e2e
 
@@ -83,7 +83,7 @@ def site_dir(tmp_path_factory):
     assert "Site is up" in result.stdout
     yield folder
     kit("down", "--destroy-data", "--yes", cwd=folder)
-    print("\nkit up timings:", {k: f"{v:.0f}s" for k, v in TIMINGS.items()})
+    MEASURED.update({k: f"{v:.0f}s" for k, v in TIMINGS.items()})
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,180 @@
+"""`kit loadtest`: seed with Moodle's generator, run locust journeys, gate on SLOs."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import click
+
+from kit import config
+from kit.errors import KitError
+from kit.health import local_base_url
+from kit.loadtest import run as lt
+from kit.loadtest.seed import is_local_url, saved_target, seed as do_seed
+
+SITE_OPTION = click.option("--site", "site_path", default=lambda: __import__("os").environ.get("KIT_SITE", "site.yaml"),
+                           show_default="site.yaml or $KIT_SITE", help="The site config file.")
+
+
+@click.group(name="loadtest")
+def loadtest() -> None:
+    """Rehearse a surge: Moodle's own user journey on locust, judged against SLOs.
+
+    \b
+      kit loadtest seed --size S
+      kit loadtest run --users 50 --duration 2m --slo p95=1s --slo errors=1%
+      kit loadtest run --shape surge --peak 200 --step 20 --step-time 30s
+      kit loadtest run --journey exam --users 100 --window 60s
+      kit loadtest capacity --slo p95=1s --slo errors=1%
+    """
+
+
+@loadtest.command()
+@click.option("--size", default="S", show_default=True, help="Moodle generator size: XS, S, M, L, XL, XXL.")
+@SITE_OPTION
+def seed(size: str, site_path: str) -> None:
+    """Create test users and courses with Moodle's generator (idempotent) and the kit's exam quiz."""
+    site = config.load_site(site_path)
+    config.ensure_secrets(site)
+    do_seed(site, size.upper())
+
+
+def _common(func):
+    options = [
+        click.option("--url", default=None, help="Target Moodle URL (default: this site's, through its local port)."),
+        click.option("--target-file", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="Seeded course/users JSON (default: the one `kit loadtest seed` wrote)."),
+        click.option("--journey", type=click.Choice(["moodle", "exam"]), default="moodle", show_default=True,
+                     help="moodle: the 14-step JMeter plan journey; exam: everyone starts a quiz at once."),
+        click.option("--think", default="1,3", show_default=True, help="Think time between steps, MIN,MAX seconds."),
+        click.option("--slo", "slos", multiple=True, default=("p95=1s", "errors=1%"), show_default=True,
+                     help="Service level to meet, e.g. p95=1s, p99=2s, errors=1% (repeatable)."),
+        click.option("--processes", type=click.IntRange(1, 64), default=1, show_default=True,
+                     help="Locust worker processes on this host (locust's distributed mode)."),
+        click.option("--yes", "-y", is_flag=True, help="Do not ask before loading a host that is not this one."),
+        SITE_OPTION,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _prepare(site_path: str, url: str | None, target_file: str | None, yes: bool):
+    """Resolve target URL, target data and password; refuse a remote target without consent."""
+    site = None
+    if Path(site_path).exists():
+        site = config.load_site(site_path)
+    if url is None:
+        if site is None:
+            raise KitError(f"{site_path} not found: pass --url and --target-file to load-test any Moodle")
+        host, host_header = local_base_url(site), urlparse(site.url).netloc
+    else:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise KitError(f"--url {url!r}: must be http(s)://host[:port]")
+        host, host_header = url.rstrip("/"), None
+    if not is_local_url(host) and not yes:
+        if not sys.stdin.isatty():
+            raise KitError(f"{host} is not this host: pass --yes to load-test it (never production by accident)")
+        click.confirm(f"{host} is not this host. Really send load to it?", abort=True, default=False)
+    if target_file:
+        target = Path(target_file)
+    elif site is not None:
+        target = saved_target(site)
+    else:
+        raise KitError("--target-file is required without a site.yaml")
+    password = lt.default_env_password()
+    if password is None:
+        if site is None:
+            raise KitError("set KIT_LT_PASSWORD to the generated users' password (tool_generator_users_password)")
+        password = config.load_secrets(site)["loadtest_password"]
+    out_base = site.site_dir if site else Path.cwd()
+    name = site.name if site else (urlparse(host).hostname or "site")
+    return site, host, host_header, target, password, out_base, name
+
+
+@loadtest.command(name="run")
+@click.option("--users", type=click.IntRange(1, 100000), default=20, show_default=True, help="Concurrent users.")
+@click.option("--spawn-rate", type=float, default=5, show_default=True, help="Users started per second.")
+@click.option("--duration", default="1m", show_default=True, help="Run time, e.g. 60s, 2m.")
+@click.option("--shape", type=click.Choice(["steady", "surge"]), default="steady", show_default=True)
+@click.option("--peak", type=click.IntRange(1, 100000), default=100, show_default=True, help="surge: top user count.")
+@click.option("--step", type=click.IntRange(1, 100000), default=10, show_default=True, help="surge: users added per step.")
+@click.option("--step-time", default="30s", show_default=True, help="surge: time per step.")
+@click.option("--window", default="60s", show_default=True, help="exam: login window before the exam starts.")
+@_common
+def run_cmd(users: int, spawn_rate: float, duration: str, shape: str, peak: int, step: int, step_time: str,
+            window: str, url: str | None, target_file: str | None, journey: str, think: str, slos: tuple[str, ...],
+            processes: int, yes: bool, site_path: str) -> None:
+    """One load run; prints a per-step table and exits non-zero when an SLO is missed."""
+    parsed_slos = [lt.parse_slo(s) for s in slos]
+    duration_s, step_time_s, window_s = (lt.parse_duration(d) for d in (duration, step_time, window))
+    lt.ensure_locustfile()
+    site, host, host_header, target, password, out_base, name = _prepare(site_path, url, target_file, yes)
+    if journey == "exam":
+        duration_s = max(duration_s, window_s + 60)
+    job = lt.LocustJob(host=host, target_file=target, password=password, out_dir=lt.report_dir(out_base, name),
+                       users=users, spawn_rate=spawn_rate if journey == "moodle" else max(spawn_rate, users),
+                       duration_s=duration_s, journey=journey, think=think, processes=processes, shape=shape,
+                       peak=peak, step=step, step_time_s=step_time_s, window_s=window_s, host_header=host_header)
+    result = lt.run_locust(job, parsed_slos, f"{journey} journey")
+    lt.print_table(result)
+    click.echo(f"reports: {job.out_dir}/ (report.html, locust_stats.csv, summary.json)")
+    if result.slo_missed:
+        for missed in result.slo_missed:
+            click.secho(f"SLO {missed}", fg="red", err=True)
+        raise KitError("SLO missed: " + "; ".join(result.slo_missed))
+    click.secho("all SLOs met: " + ", ".join(s.describe() for s in parsed_slos), fg="green")
+
+
+@loadtest.command()
+@click.option("--start", type=click.IntRange(1, 100000), default=10, show_default=True, help="First user level.")
+@click.option("--step", type=click.IntRange(1, 100000), default=10, show_default=True, help="Users added per level.")
+@click.option("--max-users", type=click.IntRange(1, 100000), default=200, show_default=True, help="Highest level tried.")
+@click.option("--step-time", default="60s", show_default=True, help="Run time per level.")
+@click.option("--spawn-rate", type=float, default=10, show_default=True)
+@_common
+def capacity(start: int, step: int, max_users: int, step_time: str, spawn_rate: float, url: str | None,
+             target_file: str | None, journey: str, think: str, slos: tuple[str, ...], processes: int, yes: bool,
+             site_path: str) -> None:
+    """Step the load up until an SLO fails; report the highest user count that met every SLO."""
+    parsed_slos = [lt.parse_slo(s) for s in slos]
+    step_s = lt.parse_duration(step_time)
+    lt.ensure_locustfile()
+    site, host, host_header, target, password, out_base, name = _prepare(site_path, url, target_file, yes)
+    levels = list(range(start, max_users + 1, step))
+    budget = len(levels) * (step_s + 20)
+    click.secho(f"capacity search: {len(levels)} levels ({levels[0]}..{levels[-1]} users), {step_s:.0f}s each; "
+                f"at most {budget / 60:.1f} min", bold=True)
+    started = time.monotonic()
+    base_dir = lt.report_dir(out_base, name)
+    best, results = 0, []
+    for level in levels:
+        job = lt.LocustJob(host=host, target_file=target, password=password, out_dir=base_dir / f"users-{level:05d}",
+                           users=level, spawn_rate=spawn_rate, duration_s=step_s, journey=journey, think=think,
+                           processes=processes, host_header=host_header)
+        result = lt.run_locust(job, parsed_slos, f"level {level}")
+        lt.print_table(result)
+        results.append(result)
+        if not result.passed:
+            click.secho("  missed: " + "; ".join(result.slo_missed), fg="red")
+            break
+        best = level
+    elapsed = time.monotonic() - started
+    summary = {"capacity_users": best, "slos": [s.describe() for s in parsed_slos], "elapsed_s": round(elapsed, 1),
+               "announced_max_s": round(budget), "levels": [
+                   {"users": r.users, "passed": r.passed, "p95_ms": r.total.p95, "rps": r.total.rps,
+                    "failures": r.total.failures, "requests": r.total.requests} for r in results]}
+    base_dir.mkdir(parents=True, exist_ok=True)
+    (base_dir / "capacity.json").write_text(json.dumps(summary, indent=2) + "\n")
+    click.echo(f"{'users':>6} {'req/s':>7} {'p95':>8} {'fails':>6}  result")
+    for r in results:
+        click.echo(f"{r.users:>6} {r.total.rps:>7.2f} {r.total.p95:>6.0f}ms {r.total.failures:>6}  "
+                   f"{'ok' if r.passed else 'MISSED'}")
+    click.secho(f"capacity: {best} concurrent users met {', '.join(s.describe() for s in parsed_slos)} "
+                f"(searched in {elapsed / 60:.1f} min; report {base_dir})", bold=True)
+    if best == 0:
+        raise KitError(f"no level met the SLOs, not even {levels[0]} users")

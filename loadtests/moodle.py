@@ -1,0 +1,182 @@
+"""Locust users that mirror Moodle's own JMeter test plan (admin/tool/generator), step for
+step, plus the exam-start surge. Run by `kit loadtest run`, or directly:
+
+    KIT_LT_TARGET=target.json KIT_LT_PASSWORD=... locust -f loadtests/moodle.py --host URL
+
+Settings come from the environment (never the command line: it holds the password):
+  KIT_LT_TARGET      JSON from `kit loadtest seed` (course, page, forum, discussion, quiz ids, users)
+  KIT_LT_PASSWORD    password of the generated users (tool_generator_users_password)
+  KIT_LT_JOURNEY     moodle (default) | exam
+  KIT_LT_THINK       think time range in seconds between steps, "min,max" (default 1,3)
+  KIT_LT_SHAPE       steady (default) | surge, with KIT_LT_PEAK, KIT_LT_STEP, KIT_LT_STEP_TIME
+  KIT_LT_WINDOW      exam: seconds over which students log in before the exam starts
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import time
+
+from locust import HttpUser, LoadTestShape, task
+from locust.exception import StopUser
+
+from kit.loadtest import pages
+
+TARGET = json.loads(open(os.environ["KIT_LT_TARGET"]).read()) if os.environ.get("KIT_LT_TARGET") else {}
+PASSWORD = os.environ.get("KIT_LT_PASSWORD", "")
+THINK_MIN, THINK_MAX = (float(x) for x in os.environ.get("KIT_LT_THINK", "1,3").split(","))
+JOURNEY = os.environ.get("KIT_LT_JOURNEY", "moodle")
+WINDOW = float(os.environ.get("KIT_LT_WINDOW", "60"))
+HOST_HEADER = os.environ.get("KIT_LT_HOST_HEADER")
+TIMEOUT = (5, 30)
+_user_numbers = itertools.count()
+
+
+def _next_username(environment) -> str:
+    """Spread generated users over all locust processes without collisions."""
+    runner = environment.runner
+    workers = max(1, int(os.environ.get("KIT_LT_PROCESSES", "1")))
+    index = getattr(runner, "worker_index", 0) or 0
+    count = int(TARGET.get("users", {}).get("count", 1))
+    number = (next(_user_numbers) * workers + index) % count + 1
+    return f"{TARGET.get('users', {}).get('prefix', 'tool_generator_')}{number:06d}"
+
+
+class MoodleStudent(HttpUser):
+    """One student walking Moodle's 14-step test-plan journey, with think time."""
+
+    abstract = JOURNEY != "moodle"
+
+    def wait_time(self) -> float:  # noqa: D401 - locust API
+        return random.uniform(THINK_MIN, THINK_MAX)
+
+    def on_start(self) -> None:
+        self.client.headers["User-Agent"] = "kit-loadtest (locust)"
+        if HOST_HEADER:
+            self.client.headers["Host"] = HOST_HEADER
+        self.username = _next_username(self.environment)
+
+    def step(self, name: str, path: str, *, method: str = "GET", data: dict | None = None,
+             logged_in: bool = True, expect: str | None = None) -> str | None:
+        """One journey step: fails on Moodle error pages and lost sessions, not only HTTP status."""
+        with self.client.request(method, path, data=data, name=name, catch_response=True,
+                                 timeout=TIMEOUT) as resp:
+            text = resp.text or ""
+            reason = pages.problem(text, status=resp.status_code, logged_in=logged_in, expect=expect)
+            if reason:
+                resp.failure(reason)
+                return None
+            resp.success()
+            return text
+
+    def think(self) -> None:
+        time.sleep(self.wait_time())
+
+    @task
+    def journey(self) -> None:
+        t = TARGET
+        course = f"/course/view.php?id={t['course_id']}"
+        if self.step("01 frontpage (not logged in)", "/", logged_in=False) is None:
+            return
+        self.think()
+        login_page = self.step("02 login page", "/login/index.php", logged_in=False, expect='name="logintoken"')
+        token = pages.logintoken(login_page or "")
+        if not token:
+            return
+        self.think()
+        if self.step("03 login", "/login/index.php", method="POST", expect="You are logged in as",
+                     data={"username": self.username, "password": PASSWORD, "logintoken": token}) is None:
+            return
+        self.think()
+        for name, path in (("04 frontpage (logged in)", "/"), ("05 course", course),
+                           ("06 page activity", f"/mod/page/view.php?id={t['page_cmid']}"),
+                           ("07 course again", course),
+                           ("08 forum", f"/mod/forum/view.php?id={t['forum_cmid']}"),
+                           ("09 discussion", f"/mod/forum/discuss.php?d={t['discussion_id']}")):
+            if self.step(name, path) is None:
+                return
+            self.think()
+        form_page = self.step("10 reply form", f"/mod/forum/post.php?reply={t['reply_post_id']}",
+                              expect="message[itemid]")
+        form = pages.reply_form(form_page or "")
+        if form is None:
+            return
+        self.think()
+        reply = {
+            "course": t["course_id"], "forum": 0, "discussion": t["discussion_id"], "userid": form["userid"],
+            "groupid": 0, "edit": 0, "reply": t["reply_post_id"], "sesskey": form["sesskey"],
+            "_qf__mod_forum_post_form": 1, "subject": "Re: I am the test plan reply subject",
+            "message[itemid]": form["message[itemid]"], "message[format]": 1,
+            "message[text]": "I am the test plan reply message", "parent": t["reply_post_id"],
+            "subscribe": 1, "attachments": form["attachments"], "timestart": 0, "timeend": 0,
+            "submitbutton": "Post to forum",
+        }
+        if self.step("11 reply post", "/mod/forum/post.php", method="POST", data=reply) is None:
+            return
+        self.think()
+        if self.step("12 course once more", course) is None:
+            return
+        self.think()
+        if self.step("13 participants", f"/user/index.php?id={t['course_id']}") is None:
+            return
+        self.think()
+        self.step("14 logout", f"/login/logout.php?sesskey={form['sesskey']}", logged_in=False)
+        self.client.cookies.clear()
+
+
+class ExamStudent(MoodleStudent):
+    """The 9 a.m. exam: log in within a window, then everyone starts the quiz at once."""
+
+    abstract = JOURNEY != "exam"
+
+    @task
+    def journey(self) -> None:
+        t = TARGET
+        if not t.get("quiz_cmid"):
+            raise StopUser()
+        exam_start = float(os.environ.get("KIT_LT_EXAM_START", "0")) or (time.time() + WINDOW)
+        time.sleep(random.uniform(0, max(0.0, exam_start - time.time() - 1)))
+        login_page = self.step("E1 login page", "/login/index.php", logged_in=False, expect='name="logintoken"')
+        token = pages.logintoken(login_page or "")
+        if not token or self.step("E2 login", "/login/index.php", method="POST", expect="You are logged in as",
+                                  data={"username": self.username, "password": PASSWORD,
+                                        "logintoken": token}) is None:
+            raise StopUser()
+        view = self.step("E3 quiz page", f"/mod/quiz/view.php?id={t['quiz_cmid']}", expect="startattempt.php")
+        time.sleep(max(0.0, exam_start - time.time()))
+        start = pages.form_inputs(view or "", action_contains="startattempt.php")
+        if not start.get("sesskey"):
+            raise StopUser()
+        attempt = self.step("E4 start attempt", "/mod/quiz/startattempt.php", method="POST", data=start,
+                            expect='id="responseform"')
+        fields = pages.form_inputs(attempt or "", form_id="responseform")
+        if not fields:
+            raise StopUser()
+        time.sleep(random.uniform(THINK_MIN, THINK_MAX) * 3)
+        for name in [k for k in fields if k.endswith(":sequencecheck")]:
+            fields[name.replace(":sequencecheck", "answer")] = random.choice(["0", "1"])
+        fields["finishattempt"] = "1"
+        self.step("E5 submit attempt", "/mod/quiz/processattempt.php", method="POST", data=fields,
+                  expect="review")
+        raise StopUser()
+
+
+if os.environ.get("KIT_LT_SHAPE") == "surge":
+
+    class SurgeShape(LoadTestShape):
+        """Stepped surge: +STEP users every STEP_TIME seconds up to PEAK, hold one step, stop."""
+
+        peak = int(os.environ.get("KIT_LT_PEAK", "100"))
+        step = int(os.environ.get("KIT_LT_STEP", "10"))
+        step_time = float(os.environ.get("KIT_LT_STEP_TIME", "30"))
+        spawn_rate = float(os.environ.get("KIT_LT_SPAWN_RATE", "10"))
+
+        def tick(self):
+            run_time = self.get_run_time()
+            steps = -(-self.peak // self.step)
+            if run_time >= (steps + 1) * self.step_time:
+                return None
+            users = min(self.peak, (int(run_time // self.step_time) + 1) * self.step)
+            return users, self.spawn_rate
