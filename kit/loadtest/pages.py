@@ -44,12 +44,12 @@ def form_inputs(page: str, form_id: str | None = None, action_contains: str | No
 
 
 def reply_form(page: str) -> dict[str, str] | None:
-    """What Moodle's JMeter plan extracts from the forum reply form."""
+    """What Moodle's JMeter plan extracts from the forum reply form (userid only where present)."""
     fields = form_inputs(page, action_contains="post.php")
-    needed = ("userid", "sesskey", "attachments", "message[itemid]")
+    needed = ("sesskey", "attachments", "message[itemid]")
     if not all(fields.get(k) for k in needed):
         return None
-    return {k: fields[k] for k in needed}
+    return {k: fields.get(k, "") for k in (*needed, "userid")}
 
 
 def is_login_page(page: str) -> bool:

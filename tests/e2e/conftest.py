@@ -1,0 +1,89 @@
+"""One real site (kit init + kit up, real Moodle) shared by every end-to-end test module."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kit.config import load_site
+from kit.images import OFFLINE_BASE_TAG
+from tests.conftest import MEASURED, moodle_src
+
+SRC = moodle_src()
+KIT = [sys.executable, "-m", "kit.cli"]
+SITE = "e2e"
+TIMINGS: dict[str, float] = {}
+
+
+def pytest_collection_modifyitems(config, items):
+    if SRC is None:
+        skip = pytest.mark.skip(reason="end-to-end tests need a real Moodle 4.5 tree: set MOODLE_SRC "
+                                       "(e.g. ~/moodle-src/4.5.6)")
+        for item in items:
+            if "/e2e/" in str(item.fspath):
+                item.add_marker(skip)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def kit(*args: str, cwd: Path, timeout: float = 3600) -> subprocess.CompletedProcess:
+    """Run kit, streaming nothing but keeping the output for assertions (shown on failure)."""
+    result = subprocess.run([*KIT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        print(result.stdout[-6000:], result.stderr[-3000:])
+    return result
+
+
+def sh(*cmd: str, stdin: str | None = None, timeout: float = 120) -> str:
+    result = subprocess.run(cmd, capture_output=True, text=True, input=stdin, timeout=timeout)
+    assert result.returncode == 0, f"{cmd}: {result.stdout[-2000:]} {result.stderr[-2000:]}"
+    return result.stdout
+
+
+def psql(sql: str) -> str:
+    return sh("docker", "exec", "-u", "postgres", f"kit-{SITE}-db", "psql", "-d", "moodle", "-tAX", "-c", sql).strip()
+
+
+def moodle_php(code: str) -> str:
+    """Run PHP through Moodle's API inside a web replica, as www-data (secrets from its env)."""
+    script = "<?php define('CLI_SCRIPT', true); require '/var/www/moodle/config.php';\n" + code
+    return sh("docker", "exec", "-i", "-u", "www-data", f"kit-{SITE}-web-1", "php", stdin=script)
+
+
+@pytest.fixture(scope="session")
+def site_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("site")
+    if subprocess.run(["docker", "image", "inspect", OFFLINE_BASE_TAG], capture_output=True).returncode != 0:
+        started = time.monotonic()
+        assert kit("images", "base", cwd=folder).returncode == 0
+        TIMINGS["base image (debootstrap)"] = time.monotonic() - started
+    port = free_port()
+    result = kit("init", "--name", SITE, "--users", "50", "--moodle-source", str(SRC), "--bind", "127.0.0.1",
+                 "--port", str(port), "--base-image", OFFLINE_BASE_TAG, cwd=folder)
+    assert result.returncode == 0, result.stderr
+    cold = not any(subprocess.run(["docker", "image", "ls", "-q", "kit/php"], capture_output=True,
+                                  text=True).stdout.split())
+    started = time.monotonic()
+    result = kit("up", cwd=folder)
+    TIMINGS["first kit up" + (" (cold: images from scratch)" if cold else " (images cached)")] = \
+        time.monotonic() - started
+    assert result.returncode == 0, "kit up failed"
+    assert "Site is up" in result.stdout
+    yield folder
+    kit("down", "--destroy-data", "--yes", cwd=folder)
+    MEASURED.update({k: f"{v:.0f}s" for k, v in TIMINGS.items()})
+
+
+@pytest.fixture(scope="session")
+def site(site_dir):
+    return load_site(site_dir / "site.yaml")
+
+
