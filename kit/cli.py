@@ -50,7 +50,7 @@ def cli() -> None:
 @click.option("--moodle-source", default=None, help="Moodle folder, .tar.gz, or git URL (default: Moodle's git, v4.5.6).")
 @click.option("--moodle-ref", default=None, help="Git ref when --moodle-source is a git URL.")
 @click.option("--name", default="moodle", show_default=True, help="Site name: prefixes containers and volumes.")
-@click.option("--port", type=int, default=8080, show_default=True, help="HTTP port nginx publishes.")
+@click.option("--port", type=int, default=8080, show_default=True, help="HTTP port the edge proxy publishes.")
 @click.option("--bind", default="0.0.0.0", show_default=True, help="Address to publish on (127.0.0.1: this host only).")
 @click.option("--url", default=None, help="Public URL (Moodle's wwwroot). Default: http://<host>:<port>.")
 @click.option("--base-image", default=None,
@@ -169,9 +169,11 @@ def up(yes: bool, skip_build: bool, dry_run: bool, site_path: str) -> None:
         from kit.render import render as do_render
 
         site.build_dir.mkdir(parents=True, exist_ok=True)
-        do_render(site, tuning, images.ImageSet("-", "-", "-", "-", "-"))
+        do_render(site, tuning, images.ImageSet("-", "-", "-", "-", "-", "-"))
         local.install_docker(site)
-    _, totals = local.up(site, tuning, skip_build=skip_build)
+    from kit import rollout
+
+    release, totals = rollout.apply(site, tuning, build=not skip_build)
     click.secho("==> Health", bold=True)
     ready, msg = health.wait_ready(site)
     if not ready:
@@ -181,7 +183,8 @@ def up(yes: bool, skip_build: bool, dry_run: bool, site_path: str) -> None:
     if totals["changed"] == 0:
         click.secho(f"No changes: the site already matched {site_path} ({elapsed:.0f}s).", fg="green")
     else:
-        click.secho(f"Site is up ({totals['changed']} changes applied in {elapsed:.0f}s).", fg="green")
+        number = f" as release {release.id}" if release else ""
+        click.secho(f"Site is up ({totals['changed']} changes applied{number} in {elapsed:.0f}s).", fg="green")
     click.echo(f"  URL:            {site.url}")
     click.echo(f"  Admin user:     {site.moodle.admin_user}")
     click.echo(f"  Admin password: stored in {site.secrets_file} (key admin_password)")
@@ -226,7 +229,7 @@ def down(destroy_data: bool, yes: bool, site_path: str) -> None:
                       abort=True, default=False)
     config.ensure_secrets(site)
     if not (site.build_dir / "vars.yml").exists():
-        do_render(site, sizing.plan(site), images.ImageSet("-", "-", "-", "-", "-"))
+        do_render(site, sizing.plan(site), images.ImageSet("-", "-", "-", "-", "-", "-"))
     local.down(site, destroy_data=destroy_data)
     click.echo(f"site {site.name!r} is down; data {'DELETED' if destroy_data else 'kept (volumes ' + site.prefix + '-*)'}")
 
@@ -253,6 +256,92 @@ def status(as_json: bool, site_path: str) -> None:
             click.echo(f"  {c['role']:7} {c['name']:28} {c['state']:8} {c['health']:9} {c['image']}")
     if not st.ready:
         sys.exit(1)
+
+
+@cli.command()
+@click.option("--image-tag", default=None, help="Tag for the new Moodle images (default: derived from the code).")
+@click.option("--backup-now", is_flag=True, help="Take the backup a Moodle version upgrade needs, now.")
+@SITE_OPTION
+def upgrade(image_tag: str | None, backup_now: bool, site_path: str) -> None:
+    """Roll the site to what site.yaml and the images now say, without dropping requests.
+
+    \b
+    Same Moodle version: web replicas are replaced one at a time, each gated on a real
+    health check; a failure rolls every replaced replica back by itself (exit 1).
+    New Moodle version: needs a backup from the last 24 h (or --backup-now); runs
+    Moodle's upgrade once in maintenance mode and prints how long users saw it.
+    """
+    from kit import rollout
+
+    site = _load(site_path)
+    if image_tag:
+        site = site.model_copy(update={"images": site.images.model_copy(update={"tag": image_tag})})
+        config.parse_site(site.model_dump(mode="json", exclude={"site_dir"}), site_dir=site.site_dir,
+                          source="--image-tag")
+    started = time.monotonic()
+    release, totals = rollout.upgrade(site, sizing.plan(site), backup_now=backup_now)
+    ready, msg = health.wait_ready(site)
+    if not ready:
+        raise KitError(f"rolled out, but the site is not healthy: {msg}")
+    if release is None:
+        click.secho(f"No changes: the site already runs this release ({time.monotonic() - started:.0f}s).", fg="green")
+    else:
+        click.secho(f"Release {release.id} is live ({totals['changed']} changes in {release.duration_s:.0f}s).",
+                    fg="green")
+
+
+@cli.command()
+@click.option("--yes", "-y", is_flag=True, help="Do not ask.")
+@SITE_OPTION
+def rollback(yes: bool, site_path: str) -> None:
+    """Go back to the previous release (refused across a Moodle version upgrade)."""
+    from kit import releases, rollout
+
+    site = _load(site_path)
+    target = releases.previous_good(site)
+    if not yes:
+        click.confirm(f"Roll back to release {target.id} ({target.started}, Moodle {target.moodle_release})?",
+                      abort=True, default=False)
+    release = rollout.rollback(site)
+    ready, msg = health.wait_ready(site)
+    if not ready:
+        raise KitError(f"rolled back, but the site is not healthy: {msg}")
+    click.secho(f"Rolled back: release {release.id} applies release {target.id}'s images and settings "
+                f"({release.duration_s:.0f}s). site.yaml still describes the newer release.", fg="green")
+
+
+@cli.command(name="releases")
+@click.option("--json", "as_json", is_flag=True)
+@SITE_OPTION
+def releases_cmd(as_json: bool, site_path: str) -> None:
+    """Release history: when, what changed, which command, outcome."""
+    from dataclasses import asdict
+
+    from kit import releases
+
+    history = releases.load(_load(site_path))
+    if as_json:
+        click.echo(json.dumps([asdict(r) for r in history], indent=2))
+        return
+    if not history:
+        click.echo("no releases recorded yet (run `kit up`)")
+    for r in history:
+        colour = {"ok": "green", "failed": "red", "rolled back": "yellow"}.get(r.outcome)
+        maint = f", maintenance {r.maintenance_s:.0f}s" if r.maintenance_s else ""
+        click.echo(f"{r.id:>4}  {r.started}  " + click.style(f"{r.outcome:11}", fg=colour)
+                   + f"  {r.images.get('moodle', '?'):32} Moodle {r.moodle_release}  {r.duration_s:.0f}s{maint}"
+                   f"  {r.user}: {r.command}")
+        if r.reason:
+            click.echo(f"      reason: {r.reason[:300]}")
+
+
+@cli.command(name="backup")
+@SITE_OPTION
+def backup_cmd(site_path: str) -> None:
+    """Dump the database, archive moodledata, keep site.yaml and checksums, under backups/<site>/."""
+    from kit import backup
+
+    backup.backup(_load(site_path))
 
 
 @cli.group(name="images")

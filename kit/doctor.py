@@ -48,7 +48,7 @@ def check_docker() -> Check:
 
 
 def _port_owner_is_site(site: Site) -> bool:
-    return any(c["role"] == "nginx" and c["state"] == "running" for c in docker.site_containers(site.name))
+    return any(c["role"] == "edge" and c["state"] == "running" for c in docker.site_containers(site.name))
 
 
 def check_port(site: Site) -> Check:
@@ -60,7 +60,7 @@ def check_port(site: Site) -> Check:
             sock.bind((bind, port))
         except OSError as exc:
             if docker.cli_present() and _port_owner_is_site(site):
-                return Check("port", True, f"{bind}:{port} is served by this site's nginx")
+                return Check("port", True, f"{bind}:{port} is served by this site's edge proxy")
             if exc.errno == errno.EADDRINUSE:
                 return Check("port", False, f"port {bind}:{port} is already in use by another program: "
                                             "free it, or set http.port in site.yaml")

@@ -17,7 +17,7 @@ LOGIN_MARKUP = 'name="logintoken"'
 
 
 def local_base_url(site: Site) -> str:
-    """Where this host reaches the site's nginx (the public URL may point at a proxy)."""
+    """Where this host reaches the site's edge proxy (the public URL may point at a proxy)."""
     host = "127.0.0.1" if site.http.bind in ("0.0.0.0", "::") else site.http.bind
     return f"http://{host}:{site.http.port}"
 

@@ -141,10 +141,11 @@ class ImageSet:
     web: str
     postgres: str
     redis: str
+    edge: str
 
     def as_dict(self) -> dict[str, str]:
         return {"php": self.php, "moodle": self.moodle, "web": self.web,
-                "postgres": self.postgres, "redis": self.redis}
+                "postgres": self.postgres, "redis": self.redis, "edge": self.edge}
 
 
 def image_set(site: Site, source: MoodleSource | None = None) -> ImageSet:
@@ -153,6 +154,7 @@ def image_set(site: Site, source: MoodleSource | None = None) -> ImageSet:
     php_tag = _hash(base, _dir_digest(IMAGES_DIR / "php"))
     postgres_tag = _hash(base, _dir_digest(IMAGES_DIR / "postgres"))
     redis_tag = _hash(base, _dir_digest(IMAGES_DIR / "redis"))
+    edge_tag = _hash(base, _dir_digest(IMAGES_DIR / "edge"))
     if site.images.tag:
         moodle_tag = site.images.tag
     else:
@@ -165,6 +167,7 @@ def image_set(site: Site, source: MoodleSource | None = None) -> ImageSet:
         web=f"{prefix}/moodle-web:{moodle_tag}",
         postgres=f"{prefix}/postgres:{postgres_tag}",
         redis=f"{prefix}/redis:{redis_tag}",
+        edge=f"{prefix}/edge:{edge_tag}",
     )
 
 
@@ -218,6 +221,7 @@ def build_all(site: Site, *, force: bool = False) -> ImageSet:
             (images.php, lambda: _docker_build(images.php, IMAGES_DIR / "php", base)),
             (images.postgres, lambda: _docker_build(images.postgres, IMAGES_DIR / "postgres", base)),
             (images.redis, lambda: _docker_build(images.redis, IMAGES_DIR / "redis", base)),
+            (images.edge, lambda: _docker_build(images.edge, IMAGES_DIR / "edge", base)),
             (images.moodle, lambda: stream_to(
                 ["docker", "build", "--pull=false", "-t", images.moodle, "--build-arg", f"PHP_IMAGE={images.php}", "-"],
                 lambda out: _stream_moodle_context(out, source.path()), env=BUILD_ENV)),

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from urllib.parse import urlparse
+
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
@@ -25,7 +27,8 @@ CONFIG_FILES = {
     "config.php": ("web", "cron", "worker"),
     "php.ini": ("web", "cron", "worker"),
     "fpm-pool.conf": ("web",),
-    "nginx.conf": ("nginx",),
+    "nginx.conf": ("web",),
+    "edge.conf": (),  # the edge reloads on change; it is never restarted for config
     "postgresql.conf": ("db",),
     "redis.conf": ("redis",),
 }
@@ -52,8 +55,8 @@ class Names:
         return f"{self.prefix}-redis"
 
     @property
-    def nginx(self) -> str:
-        return f"{self.prefix}-nginx"
+    def edge(self) -> str:
+        return f"{self.prefix}-edge"
 
     @property
     def cron(self) -> str:
@@ -91,7 +94,7 @@ def driver_vars(site: Site, tuning: Tuning, images: ImageSet, files: dict[str, s
     """The variables the playbooks read: every value comes from Site, Tuning or ImageSet."""
     names = names_for(site, tuning)
     checksums: dict[str, str] = {}
-    for service in ("web", "cron", "worker", "nginx", "db", "redis"):
+    for service in ("web", "cron", "worker", "db", "redis"):
         digest = hashlib.sha256()
         for name, users in CONFIG_FILES.items():
             if service in users:
@@ -101,12 +104,13 @@ def driver_vars(site: Site, tuning: Tuning, images: ImageSet, files: dict[str, s
         "kit_version": __version__,
         "kit_site": site.name,
         "kit_url": site.url,
+        "kit_public_host": urlparse(site.url or "").netloc,
         "kit_config_dir": f"/etc/kit/{site.name}",
         "kit_http_bind": site.http.bind,
         "kit_http_port": site.http.port,
         "kit_images": images.as_dict(),
         "kit_names": {
-            "network": names.network, "db": names.db, "redis": names.redis, "nginx": names.nginx,
+            "network": names.network, "db": names.db, "redis": names.redis, "edge": names.edge,
             "cron": names.cron, "web": names.web, "worker": names.worker,
             "moodledata": names.volume("moodledata"), "pgdata": names.volume("pgdata"),
             "redisdata": names.volume("redisdata"), "prefix": names.prefix,

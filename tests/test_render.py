@@ -12,7 +12,7 @@ from kit.render import render, render_files
 from kit.sizing import plan
 from tests.conftest import HOST_2x24, write_site
 
-IMAGES = ImageSet("kit/php:1", "kit/moodle:2", "kit/moodle-web:2", "kit/postgres:3", "kit/redis:4")
+IMAGES = ImageSet("kit/php:1", "kit/moodle:2", "kit/moodle-web:2", "kit/postgres:3", "kit/redis:4", "kit/edge:5")
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def test_render_is_deterministic(site):
     first = snapshot(render(site, tuning, IMAGES))
     second = snapshot(render(site, tuning, IMAGES))
     assert first == second
-    assert {"config.php", "nginx.conf", "postgresql.conf", "php.ini", "fpm-pool.conf", "redis.conf",
+    assert {"config.php", "nginx.conf", "edge.conf", "postgresql.conf", "php.ini", "fpm-pool.conf", "redis.conf",
             "vars.yml", "inventory.ini", "plan.yml"} <= set(first)
 
 
@@ -46,9 +46,13 @@ def test_fpm_pool_and_nginx_follow_the_plan(site):
     tuning = plan(site, HOST_2x24)
     files = render_files(site, tuning)
     assert f"pm.max_children = {tuning.fpm_max_children}\n" in files["fpm-pool.conf"]
-    upstreams = re.findall(r"server (kit-r1-web-\d+):9000", files["nginx.conf"])
-    assert upstreams == [f"kit-r1-web-{i}" for i in range(1, tuning.web_replicas + 1)]
-    assert "client_max_body_size 100m;" in files["nginx.conf"]
+    # Each replica's nginx talks to its own php-fpm; the edge balances over replicas.
+    assert "fastcgi_pass 127.0.0.1:9000;" in files["nginx.conf"]
+    assert "include /etc/nginx/kit/upstream.conf;" in files["edge.conf"]
+    assert "proxy_next_upstream error timeout" in files["edge.conf"]
+    assert f"fastcgi_param SERVER_PORT {site.public_port};" in files["nginx.conf"]
+    for name in ("nginx.conf", "edge.conf"):
+        assert "client_max_body_size 100m;" in files[name]
     assert "upload_max_filesize = 100M" in files["php.ini"]
 
 

@@ -3,18 +3,12 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 from pathlib import Path
 
-import click
-
-from kit import ROOT
-from kit.config import Site, ensure_secrets
+from kit.config import Site
 from kit.errors import KitError
-from kit.images import ImageSet, build_all, image_set
-from kit.render import playbooks_dir, render
+from kit.render import playbooks_dir
 from kit.runner import run
-from kit.sizing import Tuning
 
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
 
@@ -28,12 +22,12 @@ def ansible_env() -> dict[str, str]:
 
 
 def ansible_playbook(site: Site, playbook: str, *, extra: dict[str, str] | None = None,
-                     check: bool = False, diff: bool = False, tags: str | None = None) -> dict[str, int]:
-    """Run one of the kit's playbooks against build/<site>/, streaming its progress.
-
-    Returns the recap counters (ok/changed/failed) summed over hosts.
+                     check: bool = False, diff: bool = False, tags: str | None = None,
+                     build_dir: Path | None = None) -> dict[str, int]:
+    """Run one of the kit's playbooks against build/<site>/ (or a release snapshot),
+    streaming its progress. Returns the recap counters (ok/changed/failed) summed over hosts.
     """
-    build = site.build_dir
+    build = build_dir or site.build_dir
     cmd = [
         str(Path(sys.executable).parent / "ansible-playbook"),
         "-i", str(build / "inventory.ini"),
@@ -63,6 +57,8 @@ def ansible_playbook(site: Site, playbook: str, *, extra: dict[str, str] | None 
         failed = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in lines if "FAILED!" in line or "fatal:" in line]
         reason = failed[-1].strip()[:300] if failed else f"ansible-playbook exited {code}"
         raise KitError(f"rollout failed: {reason}")
+    if not any(RECAP.match(re.sub(r"\x1b\[[0-9;]*m", "", line)) for line in lines):
+        raise KitError("ansible-playbook printed no recap: the rollout did not run (see its output above)")
     return totals
 
 
@@ -71,23 +67,5 @@ def install_docker(site: Site) -> None:
     ansible_playbook(site, "docker.yml", extra={"docker_engine_install": "true"})
 
 
-def up(site: Site, tuning: Tuning, *, skip_build: bool = False) -> tuple[ImageSet, dict[str, int]]:
-    ensure_secrets(site)
-    started = time.monotonic()
-    click.secho("==> Images", bold=True)
-    images = image_set(site) if skip_build else build_all(site)
-    click.secho(f"    images ready in {time.monotonic() - started:.0f}s", dim=True)
-    click.secho("==> Render", bold=True)
-    out = render(site, tuning, images)
-    click.echo(f"    {out}")
-    click.secho("==> Roll out (Ansible)", bold=True)
-    totals = ansible_playbook(site, "site.yml")
-    return images, totals
-
-
 def down(site: Site, *, destroy_data: bool) -> None:
     ansible_playbook(site, "down.yml", extra={"kit_destroy_data": "true" if destroy_data else "false"})
-
-
-def repo_root() -> Path:
-    return ROOT

@@ -119,7 +119,7 @@ def test_status_json_reports_ready(site_dir):
     data = yaml.safe_load(result.stdout)
     assert data["ready"] is True
     roles = sorted({c["role"] for c in data["containers"]})
-    assert roles == ["cron", "db", "nginx", "redis", "web", "worker"]
+    assert roles == ["cron", "db", "edge", "redis", "web", "web-nginx", "worker"]
     assert data["moodle_release"].startswith("4.5")
     assert "due" in data["queue"]
 
