@@ -92,3 +92,68 @@ def require_recent(site: Site, take_now: bool) -> Path:
         raise KitError(f"a Moodle version upgrade needs a backup from the last 24 h ({when}): "
                        "run `kit backup` or pass --backup-now")
     return found[0]
+
+
+def verify(folder: Path) -> dict:
+    """Check a backup before anything is changed: manifest, checksums, dump readable."""
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise KitError(f"{folder}: no manifest.json: not a kit backup")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise KitError(f"{manifest_path}: unreadable manifest ({exc.msg})") from None
+    for name in ("db.dump", "moodledata.tar.gz"):
+        entry = manifest.get("files", {}).get(name)
+        path = folder / name
+        if entry is None or not path.is_file():
+            raise KitError(f"{folder}: {name} is missing from the backup")
+        if path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
+            raise KitError(f"{path}: checksum does not match the manifest: the file is corrupted; "
+                           "use another backup (nothing was changed)")
+    return manifest
+
+
+def restore(site: Site, folder: Path) -> dict:
+    """Replace the site's database and moodledata with a verified backup (site must be up)."""
+    manifest = verify(folder)
+    db, web = f"{site.prefix}-db", f"{site.prefix}-web-1"
+    moodle_image = image_set(site).moodle
+    # The dump's own table of contents must read before the database is touched.
+    check = subprocess.run(["docker", "exec", "-i", db, "pg_restore", "--list"], stdin=(folder / "db.dump").open("rb"),
+                           capture_output=True)
+    if check.returncode != 0:
+        raise KitError(f"{folder / 'db.dump'}: pg_restore cannot read it: nothing was changed")
+    tasks = [c for c in (f"{site.prefix}-cron",) + tuple(f"{site.prefix}-worker-{i}" for i in range(1, 65))]
+    running = subprocess.run(["docker", "ps", "--format", "{{.Names}}"], capture_output=True, text=True).stdout.split()
+    stopped = [c for c in tasks if c in running]
+    from kit.runner import run
+
+    run(["docker", "exec", "-u", "www-data", web, "php", "admin/cli/maintenance.php", "--enable"])
+    if stopped:
+        run(["docker", "stop", *stopped])
+    try:
+        run(["docker", "exec", "-u", "postgres", db, "psql", "-q", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c",
+             "DROP DATABASE IF EXISTS moodle WITH (FORCE)", "-c",
+             "CREATE DATABASE moodle OWNER moodle ENCODING 'UTF8' TEMPLATE template0"])
+        click.secho(f"$ docker exec -i {db} pg_restore ... < db.dump", fg="cyan", err=True)
+        with (folder / "db.dump").open("rb") as dump:
+            proc = subprocess.run(["docker", "exec", "-i", "-u", "postgres", db, "pg_restore", "-d", "moodle",
+                                   "--no-owner", "--role=moodle", "--exit-on-error"], stdin=dump)
+        if proc.returncode != 0:
+            raise KitError("pg_restore failed: the site stays in maintenance mode; see the output above")
+        click.secho("$ docker run ... tar -xzf moodledata.tar.gz (moodledata replaced)", fg="cyan", err=True)
+        with (folder / "moodledata.tar.gz").open("rb") as archive:
+            proc = subprocess.run(
+                ["docker", "run", "--rm", "-i", "--entrypoint", "sh", "-v", f"{site.prefix}-moodledata:/data",
+                 moodle_image, "-c",
+                 "find /data -mindepth 1 -maxdepth 1 ! -name climaintenance.html -exec rm -rf {} + "
+                 "&& tar -xzf - -C /data && chown -R www-data:www-data /data"], stdin=archive)
+        if proc.returncode != 0:
+            raise KitError("moodledata restore failed: the site stays in maintenance mode")
+        run(["docker", "exec", "-u", "www-data", web, "php", "admin/cli/purge_caches.php"])
+    finally:
+        if stopped:
+            run(["docker", "start", *stopped], check=False)
+    run(["docker", "exec", "-u", "www-data", web, "php", "admin/cli/maintenance.php", "--disable"])
+    return manifest

@@ -124,11 +124,15 @@ def render(site_path: str) -> None:
 @cli.command(name="doctor")
 @SITE_OPTION
 def doctor_cmd(site_path: str) -> None:
-    """Check this host can run the site: Docker, port, disk, memory, Moodle source."""
+    """Check the host (Docker, port, disk, memory, Moodle source) and, when the site runs,
+    its replicas, database connections and size, and the task queue (oldest task age)."""
     site = _load(site_path)
-    ok = _print_checks(doctor.preflight(site, sizing.plan(site)))
+    checks = doctor.preflight(site, sizing.plan(site))
+    if doctor.check_docker().ok:
+        checks += doctor.runtime_checks(site)
+    ok = _print_checks(checks)
     if not ok:
-        raise KitError("preflight failed: fix the lines marked FAIL above")
+        raise KitError("doctor found problems: fix the lines marked FAIL above")
 
 
 @cli.command()
@@ -169,7 +173,7 @@ def up(yes: bool, skip_build: bool, dry_run: bool, site_path: str) -> None:
         from kit.render import render as do_render
 
         site.build_dir.mkdir(parents=True, exist_ok=True)
-        do_render(site, tuning, images.ImageSet("-", "-", "-", "-", "-", "-"))
+        do_render(site, tuning, images.ImageSet.placeholder())
         local.install_docker(site)
     from kit import rollout
 
@@ -229,7 +233,7 @@ def down(destroy_data: bool, yes: bool, site_path: str) -> None:
                       abort=True, default=False)
     config.ensure_secrets(site)
     if not (site.build_dir / "vars.yml").exists():
-        do_render(site, sizing.plan(site), images.ImageSet("-", "-", "-", "-", "-", "-"))
+        do_render(site, sizing.plan(site), images.ImageSet.placeholder())
     local.down(site, destroy_data=destroy_data)
     click.echo(f"site {site.name!r} is down; data {'DELETED' if destroy_data else 'kept (volumes ' + site.prefix + '-*)'}")
 
@@ -342,6 +346,120 @@ def backup_cmd(site_path: str) -> None:
     from kit import backup
 
     backup.backup(_load(site_path))
+
+
+@cli.command()
+@click.argument("backup_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before replacing the site's data.")
+@SITE_OPTION
+def restore(backup_dir: str, yes: bool, site_path: str) -> None:
+    """Replace the site's database and moodledata with BACKUP_DIR (checked first).
+
+    The site must be up (`kit up` on an empty host installs a fresh one to restore onto).
+    A backup whose files do not match their checksums is refused before anything changes.
+    """
+    from kit import backup
+
+    site = _load(site_path)
+    manifest = backup.verify(Path(backup_dir))
+    if not yes:
+        click.confirm(f"Replace ALL data of site {site.name!r} with the backup from {manifest['created']}?",
+                      abort=True, default=False)
+    backup.restore(site, Path(backup_dir))
+    ready, msg = health.wait_ready(site)
+    if not ready:
+        raise KitError(f"restored, but the site is not healthy: {msg}")
+    click.secho(f"restored {backup_dir} (Moodle version {manifest['moodle_version']}); {msg}", fg="green")
+
+
+@cli.command()
+@click.argument("counts", nargs=-1, required=True)
+@SITE_OPTION
+def scale(counts: tuple[str, ...], site_path: str) -> None:
+    """Set web replicas and adhoc-task workers, e.g. `kit scale web=3 workers=4`.
+
+    Saved in site.yaml (scale:) and applied the rolling way: no request is dropped.
+    """
+    from kit import rollout
+
+    site = _load(site_path)
+    update: dict[str, int] = {}
+    for item in counts:
+        key, _, value = item.partition("=")
+        field = {"web": "web_replicas", "workers": "workers"}.get(key)
+        if field is None or not value.isdigit():
+            raise KitError(f"{item!r}: use web=N and/or workers=M")
+        update[field] = int(value)
+    scaled = config.parse_site({**site.model_dump(mode="json", exclude={"site_dir"}, exclude_none=True),
+                                "scale": {**site.scale.model_dump(exclude_none=True), **update}},
+                               site_dir=site.site_dir, source="kit scale")
+    Path(site_path).write_text(config.dump_site(scaled))
+    tuning = sizing.plan(scaled)
+    click.echo(f"scaling {scaled.name}: web replicas {tuning.web_replicas}, workers {tuning.workers}")
+    rollout.apply(scaled, tuning, build=False)
+    ready, msg = health.wait_ready(scaled)
+    if not ready:
+        raise KitError(f"scaled, but the site is not healthy: {msg}")
+    click.secho(f"scaled: {tuning.web_replicas} web replicas, {tuning.workers} workers; {msg}", fg="green")
+
+
+@cli.command()
+@click.argument("state", type=click.Choice(["on", "off"]))
+@SITE_OPTION
+def maintenance(state: str, site_path: str) -> None:
+    """Turn Moodle's maintenance mode on (users see the maintenance page) or off."""
+    from kit.runner import run
+
+    site = _load(site_path)
+    run(["docker", "exec", "-u", "www-data", f"{site.prefix}-web-1", "php", "admin/cli/maintenance.php",
+         "--enable" if state == "on" else "--disable"])
+
+
+@cli.command()
+@click.argument("service", required=False,
+                type=click.Choice(["edge", "web", "web-nginx", "cron", "worker", "db", "redis"]))
+@click.option("--since", default="10m", show_default=True, help="How far back, e.g. 30m, 2h.")
+@click.option("--tail", "tail_lines", type=int, default=200, show_default=True, help="Lines per container.")
+@SITE_OPTION
+def logs(service: str | None, since: str, tail_lines: int, site_path: str) -> None:
+    """Recent logs of the site's containers (one service, or all)."""
+    from kit import docker
+    from kit.runner import run
+
+    site = _load(site_path)
+    for c in docker.site_containers(site.name):
+        if c["role"] in ("install", "oneoff") or (service and c["role"] != service):
+            continue
+        click.secho(f"==> {c['name']} ({c['role']})", bold=True)
+        run(["docker", "logs", "--since", since, "--tail", str(tail_lines), c["name"]], quiet=False, check=False)
+
+
+@cli.group(name="admin")
+def admin_group() -> None:
+    """Site administration tasks."""
+
+
+@admin_group.command(name="reset-password")
+@click.option("--user", "username", default=None, help="Moodle user name (default: the site's admin).")
+@SITE_OPTION
+def admin_reset_password(username: str | None, site_path: str) -> None:
+    """Give a user a new generated password (and unlock it); the admin's is stored in the secrets file."""
+    import secrets as pysecrets
+
+    from kit.runner import run
+
+    site = _load(site_path)
+    username = username or site.moodle.admin_user
+    password = pysecrets.token_urlsafe(18)
+    run(["docker", "exec", "-e", "KIT_USERNAME", "-e", "KIT_NEW_PASSWORD", "-u", "www-data", f"{site.prefix}-web-1",
+         "php", "/opt/kit/set_password.php"], env={"KIT_USERNAME": username, "KIT_NEW_PASSWORD": password})
+    if username == site.moodle.admin_user:
+        config.update_secret(site, "admin_password", password)
+        click.echo(f"new password for {username} stored in {site.secrets_file} (key admin_password)")
+    else:
+        path = site.state_dir / "passwords" / f"{username}.txt"
+        config.write_private(path, password + "\n")
+        click.echo(f"new password for {username} written to {path} (mode 0600): hand it over privately")
 
 
 @cli.group(name="images")

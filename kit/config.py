@@ -202,7 +202,7 @@ def dump_site(site: Site) -> str:
 
 # --- secrets ---------------------------------------------------------------------------
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -224,8 +224,14 @@ def ensure_secrets(site: Site) -> dict[str, str]:
     if missing:
         for key in missing:
             current[key] = pysecrets.token_urlsafe(24)
-        _write_private(path, yaml.safe_dump(current, sort_keys=True))
+        write_private(path, yaml.safe_dump(current, sort_keys=True))
     return current
+
+
+def update_secret(site: Site, key: str, value: str) -> None:
+    current = ensure_secrets(site)
+    current[key] = value
+    write_private(site.secrets_file, yaml.safe_dump(current, sort_keys=True))
 
 
 def load_secrets(site: Site) -> dict[str, str]:

@@ -109,3 +109,40 @@ def preflight(site: Site, tuning: Tuning, *, docker_required: bool = True) -> li
         checks.append(dock)
     checks.append(check_port(site))
     return checks
+
+
+QUEUE_AGE_WARN_S = 600
+CONNECTIONS_WARN = 0.8
+
+
+def runtime_checks(site: Site) -> list[Check]:
+    """A running site's pressure points: replicas, DB connections and size, the task queue."""
+    from kit import health
+    from kit.errors import CommandFailed
+
+    containers = [c for c in docker.site_containers(site.name) if c["role"] not in ("install", "oneoff")]
+    if not containers:
+        return []
+    checks = []
+    bad = [f"{c['name']} {c['state']}/{c['health']}" for c in containers
+           if c["state"] != "running" or c["health"] not in ("healthy", "none")]
+    checks.append(Check("replicas", not bad, "all containers running and healthy" if not bad
+                        else "not healthy: " + ", ".join(bad) + " (see `kit logs`, then `kit up`)"))
+    try:
+        used, limit, size_mb = docker.psql(
+            f"{site.prefix}-db", "select count(*), current_setting('max_connections'), "
+            "pg_database_size('moodle') / 1048576 from pg_stat_activity").split("|")
+        ratio = int(used) / int(limit)
+        checks.append(Check("db-conn", ratio < CONNECTIONS_WARN,
+                            f"{used} of {limit} connections in use ({ratio:.0%})"
+                            + ("" if ratio < CONNECTIONS_WARN else ": see runbooks/db-connections.md")))
+        checks.append(Check("db-size", True, f"database is {size_mb} MB"))
+    except (CommandFailed, ValueError):
+        checks.append(Check("db-conn", False, "cannot query PostgreSQL: is the db container up? (`kit status`)"))
+    queue = health.queue_depth(site)
+    if queue:
+        ok = queue["oldest_age_s"] < QUEUE_AGE_WARN_S and queue["failing"] == 0
+        checks.append(Check("queue", ok, f"{queue['due']} adhoc tasks due, oldest {queue['oldest_age_s']}s, "
+                                         f"{queue['failing']} failing"
+                                         + ("" if ok else ": see runbooks/queue-backlog.md")))
+    return checks

@@ -143,6 +143,11 @@ class ImageSet:
     redis: str
     edge: str
 
+    @classmethod
+    def placeholder(cls) -> "ImageSet":
+        """For renders that need no image (installing Docker, taking a site down)."""
+        return cls("-", "-", "-", "-", "-", "-")
+
     def as_dict(self) -> dict[str, str]:
         return {"php": self.php, "moodle": self.moodle, "web": self.web,
                 "postgres": self.postgres, "redis": self.redis, "edge": self.edge}

@@ -32,6 +32,8 @@ THINK_MIN, THINK_MAX = (float(x) for x in os.environ.get("KIT_LT_THINK", "1,3").
 JOURNEY = os.environ.get("KIT_LT_JOURNEY", "moodle")
 WINDOW = float(os.environ.get("KIT_LT_WINDOW", "60"))
 HOST_HEADER = os.environ.get("KIT_LT_HOST_HEADER")
+FAIL_DIR = os.environ.get("KIT_LT_FAIL_DIR")  # failed responses are kept here for a person to read
+_saved_failures = itertools.count()
 TIMEOUT = (5, 30)
 _user_numbers = itertools.count()
 
@@ -44,6 +46,18 @@ def _next_username(environment) -> str:
     count = int(TARGET.get("users", {}).get("count", 1))
     number = (next(_user_numbers) * workers + index) % count + 1
     return f"{TARGET.get('users', {}).get('prefix', 'tool_generator_')}{number:06d}"
+
+
+def _keep_failed_page(step: str, resp, reason: str) -> None:
+    """Save the first failed responses of a run: what the student saw, and why it failed."""
+    number = next(_saved_failures)
+    if not FAIL_DIR or number >= 20:
+        return
+    os.makedirs(FAIL_DIR, exist_ok=True)
+    safe = "".join(c if c.isalnum() else "-" for c in step)
+    with open(os.path.join(FAIL_DIR, f"{number:02d}-{safe}.html"), "w", encoding="utf-8") as fh:
+        fh.write(f"<!-- {reason} | HTTP {resp.status_code} | {resp.url} | {time.strftime('%H:%M:%S')} -->\n")
+        fh.write(resp.text or "")
 
 
 @events.test_start.add_listener
@@ -100,6 +114,7 @@ class MoodleUser(HttpUser):
                 reason = pages.problem(text, status=resp.status_code, logged_in=logged_in, expect=expect)
             if reason:
                 resp.failure(reason)
+                _keep_failed_page(name, resp, reason)
                 return None
             resp.success()
             return text

@@ -183,7 +183,7 @@ class LocustJob:
             "KIT_LT_TARGET": str(self.target_file), "KIT_LT_PASSWORD": self.password,
             "KIT_LT_JOURNEY": self.journey, "KIT_LT_THINK": self.think,
             "KIT_LT_PROCESSES": str(self.processes), "KIT_LT_WINDOW": str(self.window_s),
-            "KIT_LT_SPAWN_RATE": str(self.spawn_rate),
+            "KIT_LT_SPAWN_RATE": str(self.spawn_rate), "KIT_LT_FAIL_DIR": str(self.out_dir / "failed-pages"),
         }
         if self.journey == "exam":
             env["KIT_LT_EXAM_START"] = str(time.time() + self.window_s + 5)

@@ -106,3 +106,17 @@ def test_capacity_finishes_in_announced_time(site_dir, seeded):
     assert result.returncode == 0, result.stdout[-3000:]
     assert data["capacity_users"] in (5, 15, 25)
     assert f"capacity: {data['capacity_users']} concurrent users" in result.stdout
+
+
+def test_surge_shape_steps_up_to_the_peak(site_dir, seeded):
+    started = time.monotonic()
+    result = kit("loadtest", "run", "--shape", "surge", "--peak", "10", "--step", "5", "--step-time", "10s",
+                 "--slo", "errors=1%", cwd=site_dir, timeout=300)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stdout[-3000:]
+    import csv
+
+    with (latest_report(site_dir) / "locust_stats_history.csv").open() as fh:
+        users = [int(row["User Count"]) for row in csv.DictReader(fh) if row["Name"] == "Aggregated"]
+    assert 5 in users and max(users) == 10
+    assert elapsed < 30 + 60

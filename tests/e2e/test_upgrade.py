@@ -6,44 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import KIT, SITE, SRC, TIMINGS, kit, psql, sh
+from tests.e2e.conftest import KIT, SITE, SRC, TIMINGS, Load, kit, psql, sh
 
 pytestmark = pytest.mark.e2e
-
-
-class Load:
-    """A `kit loadtest run` of 20 users in the background for the length of a rollout."""
-
-    def __init__(self, site_dir: Path, seconds: int):
-        self.site_dir, self.seconds = site_dir, seconds
-        self.result: subprocess.CompletedProcess | None = None
-        self.thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        self.result = kit("loadtest", "run", "--users", "20", "--spawn-rate", "20", "--duration", f"{self.seconds}s",
-                          "--think", "0.5,1.5", "--slo", "errors=0%", cwd=self.site_dir, timeout=self.seconds + 300)
-
-    def __enter__(self) -> "Load":
-        self.thread.start()
-        time.sleep(10)  # users logged in and walking before the rollout starts
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.thread.join()
-
-    def summary(self) -> dict:
-        report = sorted((self.site_dir / "reports" / SITE).iterdir())[-1]
-        return json.loads((report / "summary.json").read_text())
 
 
 def replica_images() -> set[str]:
