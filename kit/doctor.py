@@ -15,7 +15,7 @@ from kit import docker
 from kit.config import Site
 from kit.errors import KitError
 from kit.images import check_moodle_tree
-from kit.sizing import Tuning, PHP_WORKER_MB
+from kit.sizing import PHP_WORKER_MB, Tuning, pg_to_kb
 
 MIN_FREE_DISK_GB = 5
 
@@ -77,8 +77,8 @@ def check_disk(site: Site) -> Check:
 
 
 def check_memory(site: Site, tuning: Tuning) -> Check:
-    need_mb = tuning.php_children_total * PHP_WORKER_MB + int(tuning.postgres["shared_buffers"].rstrip("GMBk") or 0) \
-        * (1024 if tuning.postgres["shared_buffers"].endswith("GB") else 1) + tuning.redis_maxmemory_mb + 1024
+    need_mb = (tuning.php_children_total * PHP_WORKER_MB + pg_to_kb(tuning.postgres["shared_buffers"]) // 1024
+               + tuning.redis_maxmemory_mb + 1024)
     have_mb = tuning.host.memory_mb
     if need_mb > have_mb:
         return Check("memory", False, f"the plan needs ~{need_mb} MB but the host has {have_mb} MB: "

@@ -31,6 +31,14 @@ def pg_mem(kb: int) -> str:
     return f"{kb}kB"
 
 
+def pg_to_kb(value: str) -> int:
+    """Inverse of pg_mem: '1536MB' -> 1572864."""
+    for unit, factor in (("TB", 1024**3), ("GB", 1024**2), ("MB", 1024), ("kB", 1)):
+        if value.endswith(unit):
+            return int(value[: -len(unit)]) * factor
+    raise ValueError(f"not a PostgreSQL memory value: {value!r}")
+
+
 @dataclass(frozen=True)
 class HostResources:
     cpus: int

@@ -5,21 +5,15 @@ import pytest
 
 from kit.config import parse_site
 from kit.sizing import HostResources, pg_mem, plan
+from kit.sizing import pg_to_kb as kb
 from tests.conftest import HOST_2x24, HOST_8x64
-
-
-def kb(value: str) -> int:
-    units = {"kB": 1, "MB": 1024, "GB": 1024**2, "TB": 1024**3}
-    for unit, factor in units.items():
-        if value.endswith(unit):
-            return int(value[: -len(unit)]) * factor
-    raise AssertionError(value)
 
 
 @pytest.mark.parametrize("value, shown", [(1024, "1MB"), (1536 * 1024, "1536MB"), (2 * 1024**2, "2GB"),
                                           (4096, "4MB"), (49768, "49768kB"), (1024**3, "1TB")])
 def test_pg_mem_matches_postgres_show_format(value, shown):
     assert pg_mem(value) == shown
+    assert kb(shown) == value
 
 
 def test_pgtune_memory_rules(site_dir):
