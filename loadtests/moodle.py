@@ -21,8 +21,10 @@ import time
 
 from locust import HttpUser, LoadTestShape, events, task
 from locust.exception import StopUser
+from locust.clients import LocustHttpAdapter
 from locust.runners import WorkerRunner
 import requests  # noqa: E402,I001  (after locust: it monkey-patches ssl first)
+from urllib3.util.retry import Retry  # noqa: E402
 
 from kit.loadtest import pages
 
@@ -56,7 +58,8 @@ def _keep_failed_page(step: str, resp, reason: str) -> None:
     os.makedirs(FAIL_DIR, exist_ok=True)
     safe = "".join(c if c.isalnum() else "-" for c in step)
     with open(os.path.join(FAIL_DIR, f"{number:02d}-{safe}.html"), "w", encoding="utf-8") as fh:
-        fh.write(f"<!-- {reason} | HTTP {resp.status_code} | {resp.url} | {time.strftime('%H:%M:%S')} -->\n")
+        error = getattr(resp, "error", None) or ""
+        fh.write(f"<!-- {reason} | HTTP {resp.status_code} | {resp.url} | {error} | {time.strftime('%H:%M:%S')} -->\n")
         fh.write(resp.text or "")
 
 
@@ -91,6 +94,13 @@ class MoodleUser(HttpUser):
         return random.uniform(THINK_MIN, THINK_MAX)
 
     def on_start(self) -> None:
+        # Like a browser: a GET sent on a kept-alive connection that the server closed at
+        # that instant (e.g. an nginx reload) is retried once. HTTP errors and timeouts
+        # are never retried, and POSTs never are.
+        retry = Retry(total=1, connect=1, read=1, status=0, other=0, redirect=False,
+                      allowed_methods=frozenset({"GET", "HEAD"}), raise_on_status=False)
+        for prefix in ("http://", "https://"):
+            self.client.mount(prefix, LocustHttpAdapter(pool_manager=None, max_retries=retry))
         self.client.headers["User-Agent"] = "kit-loadtest (locust)"
         if HOST_HEADER:
             self.client.headers["Host"] = HOST_HEADER

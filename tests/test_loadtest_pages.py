@@ -83,3 +83,7 @@ def test_quiz_start_form_and_attempt_form():
 @pytest.mark.parametrize("name", ["login_page", "after_login", "reply_form", "quiz_view"])
 def test_fixture_is_a_real_moodle_page(name):
     assert "M.cfg" in page(name) or "moodle" in page(name).lower()
+
+
+def test_no_response_is_a_connection_failure():
+    assert pages.problem("", status=0, logged_in=True) == "no response (connection refused, reset or timed out)"

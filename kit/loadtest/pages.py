@@ -62,6 +62,8 @@ def is_logged_in(page: str) -> bool:
 
 def problem(page: str, *, status: int, logged_in: bool, expect: str | None = None) -> str | None:
     """Why this response is a failure for a student, or None when it is the page expected."""
+    if status == 0:
+        return "no response (connection refused, reset or timed out)"
     if status >= 400:
         return f"HTTP {status}"
     if 'data-rel="fatalerror"' in page or "errorbox alert alert-danger" in page:
