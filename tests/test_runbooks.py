@@ -1,9 +1,7 @@
 """Every `kit ...` line in a runbook must parse against the real CLI (commands and flags)."""
 from __future__ import annotations
 
-import re
 import shlex
-from pathlib import Path
 
 import click
 import pytest
