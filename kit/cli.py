@@ -56,10 +56,13 @@ def cli() -> None:
 @click.option("--base-image", default=None,
               help=f"Debian 12 base image (default {config.OFFICIAL_BASE_IMAGE}; offline: {images.OFFLINE_BASE_TAG}).")
 @click.option("--target", type=click.Choice(["local", "hosts", "k8s"]), default="local", show_default=True)
+@click.option("--namespace", default=None, help="k8s: Kubernetes namespace (default: moodle).")
+@click.option("--host", "k8s_host", default=None, help="k8s: Ingress host name; the URL becomes https://HOST.")
 @click.option("--force", is_flag=True, help="Overwrite an existing site.yaml (secrets are kept).")
 @SITE_OPTION
 def init(users: int, moodle_source: str | None, moodle_ref: str | None, name: str, port: int, bind: str,
-         url: str | None, base_image: str | None, target: str, force: bool, site_path: str) -> None:
+         url: str | None, base_image: str | None, target: str, namespace: str | None, k8s_host: str | None,
+         force: bool, site_path: str) -> None:
     """Write site.yaml and generate the site's secrets (owner-only)."""
     path = Path(site_path)
     if path.exists() and not force:
@@ -77,6 +80,10 @@ def init(users: int, moodle_source: str | None, moodle_ref: str | None, name: st
         data["moodle"] = moodle
     if base_image:
         data["images"] = {"base": base_image}
+    if target == "k8s" or namespace or k8s_host:
+        from kit.k8s.values import init_settings
+
+        data = init_settings(data, namespace=namespace, host=k8s_host)
     site = config.parse_site(data, site_dir=path.resolve().parent, source="kit init")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(config.dump_site(site))
@@ -119,6 +126,12 @@ def render(site_path: str) -> None:
     click.echo(f"rendered {out}")
     for item in sorted(out.iterdir()):
         click.echo(f"  {item.name}")
+    if site.target == "k8s":
+        from kit.k8s import driver as k8s_driver
+
+        k8s_out, note = k8s_driver.render(site, sizing.plan(site), images.image_set(site),
+                                          k8s_driver.moodle_version_of(site))
+        click.echo(f"rendered {k8s_out} ({note})")
 
 
 @cli.command(name="doctor")
@@ -148,6 +161,11 @@ def up(yes: bool, skip_build: bool, dry_run: bool, site_path: str) -> None:
     from kit.drivers import local
 
     site = _load(site_path)
+    if site.target == "k8s":
+        from kit.k8s import driver as k8s_driver
+
+        k8s_driver.up(site, dry_run=dry_run)
+        return
     if dry_run:
         _dry_run(site)
         return
@@ -231,6 +249,12 @@ def down(destroy_data: bool, yes: bool, site_path: str) -> None:
     if destroy_data and not yes:
         click.confirm(f"Delete ALL data of site {site.name!r} (database, moodledata, Redis)? This cannot be undone",
                       abort=True, default=False)
+    if site.target == "k8s":
+        from kit.k8s import driver as k8s_driver
+
+        k8s_driver.down(site, destroy_data=destroy_data)
+        click.echo(f"site {site.name!r} is down; data {'DELETED' if destroy_data else 'kept (database hibernated, volumes kept)'}")
+        return
     config.ensure_secrets(site)
     if not (site.build_dir / "vars.yml").exists():
         do_render(site, sizing.plan(site), images.ImageSet.placeholder())
@@ -244,6 +268,12 @@ def down(destroy_data: bool, yes: bool, site_path: str) -> None:
 def status(as_json: bool, site_path: str) -> None:
     """What runs, whether it is healthy (with the reason), queue depth, versions."""
     site = _load(site_path)
+    if site.target == "k8s":
+        from kit.k8s import driver as k8s_driver
+
+        if not k8s_driver.print_status(site, as_json):
+            sys.exit(1)
+        return
     st = health.status(site)
     if as_json:
         click.echo(json.dumps(st.as_dict(), indent=2))
@@ -254,7 +284,8 @@ def status(as_json: bool, site_path: str) -> None:
         click.echo(f"  moodle   {st.moodle_release or '?'}")
         click.echo(f"  http     {st.http}")
         if st.queue:
-            click.echo(f"  queue    {st.queue['due']} adhoc tasks due, oldest {st.queue['oldest_age_s']}s, "
+            click.echo(f"  queue    {st.queue['queued']} adhoc tasks queued ({st.queue['due']} due), "
+                       f"oldest overdue {st.queue['oldest_age_s']}s, "
                        f"{st.queue['failing']} failing")
         for c in st.containers:
             click.echo(f"  {c['role']:7} {c['name']:28} {c['state']:8} {c['health']:9} {c['image']}")
@@ -282,6 +313,11 @@ def upgrade(image_tag: str | None, backup_now: bool, site_path: str) -> None:
         site = site.model_copy(update={"images": site.images.model_copy(update={"tag": image_tag})})
         config.parse_site(site.model_dump(mode="json", exclude={"site_dir"}), site_dir=site.site_dir,
                           source="--image-tag")
+    if site.target == "k8s":
+        from kit.k8s import driver as k8s_driver
+
+        k8s_driver.upgrade(site, backup_now=backup_now)
+        return
     started = time.monotonic()
     release, totals = rollout.upgrade(site, sizing.plan(site), backup_now=backup_now)
     ready, msg = health.wait_ready(site)
@@ -302,6 +338,11 @@ def rollback(yes: bool, site_path: str) -> None:
     from kit import releases, rollout
 
     site = _load(site_path)
+    if site.target == "k8s":
+        from kit.k8s import driver as k8s_driver
+
+        k8s_driver.rollback(site, yes=yes)
+        return
     target = releases.previous_good(site)
     if not yes:
         click.confirm(f"Roll back to release {target.id} ({target.started}, Moodle {target.moodle_release})?",
@@ -405,14 +446,55 @@ def scale(counts: tuple[str, ...], site_path: str) -> None:
 
 @cli.command()
 @click.argument("state", type=click.Choice(["on", "off"]))
+@click.option("--message", default=None,
+              help="Text users see on the maintenance page (kept for later `on`; empty string: Moodle's default).")
 @SITE_OPTION
-def maintenance(state: str, site_path: str) -> None:
+def maintenance(state: str, message: str | None, site_path: str) -> None:
     """Turn Moodle's maintenance mode on (users see the maintenance page) or off."""
     from kit.runner import run
 
     site = _load(site_path)
-    run(["docker", "exec", "-u", "www-data", f"{site.prefix}-web-1", "php", "admin/cli/maintenance.php",
-         "--enable" if state == "on" else "--disable"])
+    moodle = ["docker", "exec", "-u", "www-data", f"{site.prefix}-web-1", "php"]
+    if message is not None:
+        if state == "off":
+            raise KitError("--message goes with `kit maintenance on`")
+        run([*moodle, "admin/cli/cfg.php", "--name=maintenance_message", f"--set={message}"])
+    run([*moodle, "admin/cli/maintenance.php", "--enable" if state == "on" else "--disable"])
+
+
+@cli.group(name="secrets")
+def secrets_group() -> None:
+    """The site's generated credentials (stored owner-only in .kit/<site>/secrets.yaml)."""
+
+
+@secrets_group.command(name="rotate")
+@click.option("--db/--no-db", "rotate_db", default=True, show_default=True, help="Rotate the PostgreSQL password.")
+@click.option("--redis/--no-redis", "rotate_redis", default=True, show_default=True,
+              help="Rotate the Redis password.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask.")
+@SITE_OPTION
+def secrets_rotate(rotate_db: bool, rotate_redis: bool, yes: bool, site_path: str) -> None:
+    """New database and Redis passwords, applied with a rolling restart (no request dropped).
+
+    Both old and new passwords work until every container has rolled over; then the old ones
+    stop working. If interrupted, run it again: it finishes the same rotation.
+    """
+    from kit import rotation
+
+    site = _load(site_path)
+    if not (rotate_db or rotate_redis):
+        raise KitError("nothing to rotate: --no-db and --no-redis together")
+    if site.target != "local":
+        raise KitError(f"`kit secrets rotate` supports target local; this site's target is {site.target!r}")
+    what = " and ".join(w for w, on in (("database", rotate_db), ("Redis", rotate_redis)) if on)
+    if not yes:
+        click.confirm(f"Rotate the {what} password of site {site.name!r} with a rolling restart?", abort=True)
+    changed = rotation.rotate(site, sizing.plan(site), db=rotate_db, redis=rotate_redis)
+    ready, msg = health.wait_ready(site)
+    if not ready:
+        raise KitError(f"rotated, but the site is not healthy: {msg}")
+    done = ", ".join(f"{k} ({v})" for k, v in changed.items()) or "nothing"
+    click.secho(f"rotated: {done}; new values in {site.secrets_file}; {msg}", fg="green")
 
 
 @cli.command()

@@ -83,6 +83,112 @@ class ScaleSettings(_Strict):
     workers: int | None = Field(None, ge=0, le=64)
 
 
+_K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+
+
+HOST_ROLES = ("edge", "db", "redis", "cron", "web", "worker")
+
+
+class Machine(_Strict):
+    """One host of a `hosts` site, reached over SSH; it runs the containers of its roles."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    address: str = Field(description="IP address the other hosts and the edge reach it at")
+    roles: list[Literal["edge", "db", "redis", "cron", "web", "worker"]] = Field(min_length=1)
+
+    @field_validator("address")
+    @classmethod
+    def _address_is_ip(cls, value: str) -> str:
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as exc:
+            raise ValueError(f"must be an IP address (got {value!r})") from exc
+        return value
+
+
+class HostsSettings(_Strict):
+    """target: hosts. Each machine runs Docker; the kit drives them with Ansible over SSH."""
+
+    ssh_user: str = Field("root", pattern=r"^[a-z_][a-z0-9_-]*$")
+    ssh_config: str | None = Field(None, description="ssh_config file to use (keys, jump hosts)")
+    moodledata: str = Field("/srv/moodledata", pattern=r"^/",
+                            description="shared filesystem (NFS, CephFS) mounted here on every web, cron "
+                                        "and worker host")
+    web_port: int = Field(8081, ge=1, le=65535, description="port each web host publishes for the edge")
+    machines: list[Machine] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> "HostsSettings":
+        if not self.machines:
+            return self
+        names = [m.name for m in self.machines]
+        if len(set(names)) != len(names):
+            raise ValueError("machine names must be unique")
+        for role in ("edge", "db", "redis", "cron"):
+            count = sum(role in m.roles for m in self.machines)
+            if count != 1:
+                raise ValueError(f"exactly one machine must have role {role!r} (found {count})")
+        if not any("web" in m.roles for m in self.machines):
+            raise ValueError("at least one machine must have role 'web'")
+        return self
+
+    def with_role(self, role: str) -> list[Machine]:
+        return [m for m in self.machines if role in m.roles]
+
+
+class KubernetesSettings(_Strict):
+    """Where and how the site runs on a cluster (target: k8s). Sizing still comes from kit.sizing."""
+
+    namespace: str = Field("moodle", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    release: str = Field("moodle", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=53,
+                         description="Helm release name")
+    context: str | None = Field(None, description="kubeconfig context (default: the current one)")
+    host: str | None = Field(None, description="Ingress host name, e.g. lms.example.edu")
+    # Storage: moodledata is shared by web, cron and workers on many nodes, so it needs RWX.
+    storage_class: str | None = Field(None, pattern=_K8S_NAME,
+                                      description="ReadWriteMany storage class for moodledata (default: the cluster's)")
+    moodledata_size_gb: int = Field(50, gt=0, le=100_000)
+    # Ingress and TLS.
+    ingress_class: str | None = Field(None, pattern=_K8S_NAME)
+    tls_secret: str | None = Field(None, pattern=_K8S_NAME,
+                                   description="TLS Secret for the host (default: <release>-tls, made by cert-manager)")
+    cert_manager_issuer: str | None = Field(None, pattern=_K8S_NAME, description="cert-manager ClusterIssuer")
+    # Database: a CloudNativePG cluster made by the chart, or a managed PostgreSQL.
+    database: Literal["cloudnativepg", "external"] = "cloudnativepg"
+    database_host: str | None = Field(None, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$",
+                                      description="external PostgreSQL host (database: external)")
+    database_user: str = Field("moodle", pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+                               description="login role on an external PostgreSQL")
+    database_instances: int = Field(2, ge=1, le=9, description="CloudNativePG instances (1 primary + replicas)")
+    database_storage_gb: int = Field(20, gt=0, le=100_000)
+    database_storage_class: str | None = Field(None, pattern=_K8S_NAME)
+    pgbouncer: bool = Field(False, description="CloudNativePG Pooler (session mode) in front of PostgreSQL")
+    # Autoscaling bounds; the minimums are kit plan's web_replicas and workers.
+    keda: bool = Field(False, description="scale workers on Moodle's adhoc queue with KEDA")
+    web_max_replicas: int | None = Field(None, ge=1, le=500)
+    workers_max: int | None = Field(None, ge=0, le=500)
+
+    @field_validator("host")
+    @classmethod
+    def _host_is_dns(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$",
+                                              value):
+            raise ValueError("must be a lower-case DNS name such as lms.example.edu")
+        return value
+
+    @model_validator(mode="after")
+    def _database_consistent(self) -> "KubernetesSettings":
+        if self.database == "external" and not self.database_host:
+            raise ValueError("database: external needs database_host (the managed PostgreSQL's host name)")
+        if self.database == "cloudnativepg" and self.database_host:
+            raise ValueError("database_host is only for database: external (CloudNativePG's host is the chart's)")
+        if self.pgbouncer and self.database != "cloudnativepg":
+            raise ValueError("pgbouncer: true needs database: cloudnativepg (use your provider's pooler otherwise)")
+        return self
+
+
 class Site(_Strict):
     name: str = Field("moodle", pattern=r"^[a-z][a-z0-9-]{0,30}$")
     target: Literal["local", "hosts", "k8s"] = "local"
@@ -93,6 +199,8 @@ class Site(_Strict):
     moodle: MoodleSettings = MoodleSettings()
     images: ImageSettings = ImageSettings()
     scale: ScaleSettings = ScaleSettings()
+    kubernetes: KubernetesSettings = KubernetesSettings()
+    hosts: HostsSettings = HostsSettings()
 
     # Where the site lives on disk; not part of site.yaml.
     site_dir: Path = Field(Path("."), exclude=True)
@@ -109,6 +217,12 @@ class Site(_Strict):
 
     @model_validator(mode="after")
     def _default_url(self) -> "Site":
+        if self.target == "hosts" and not self.hosts.machines:
+            raise ValueError("target hosts needs hosts.machines (each with name, address, roles)")
+        if self.url is None and self.target == "hosts":
+            edge = self.hosts.with_role("edge")[0]
+            port = "" if self.http.port == 80 else f":{self.http.port}"
+            object.__setattr__(self, "url", f"http://{edge.address}{port}")
         if self.url is None:
             host = "127.0.0.1" if self.http.bind in ("0.0.0.0", "::") else self.http.bind
             if self.http.bind in ("0.0.0.0", "::"):
@@ -158,7 +272,8 @@ def _one_line(err: ValidationError, source: str) -> str:
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key (check its spelling; `kit init --help` lists the settings)"
-    elif "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], dict):
+    elif ("input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], dict)
+          and "(got " not in msg):
         msg = f"{msg} (got {first['input']!r})"
     more = len(err.errors()) - 1
     tail = f" (+{more} more)" if more else ""

@@ -111,7 +111,7 @@ def preflight(site: Site, tuning: Tuning, *, docker_required: bool = True) -> li
     return checks
 
 
-QUEUE_AGE_WARN_S = 600
+QUEUE_AGE_WARN_S = 600  # Moodle's $CFG->adhoctaskagewarn default (10 min)
 CONNECTIONS_WARN = 0.8
 
 
@@ -141,8 +141,9 @@ def runtime_checks(site: Site) -> list[Check]:
         checks.append(Check("db-conn", False, "cannot query PostgreSQL: is the db container up? (`kit status`)"))
     queue = health.queue_depth(site)
     if queue:
-        ok = queue["oldest_age_s"] < QUEUE_AGE_WARN_S and queue["failing"] == 0
-        checks.append(Check("queue", ok, f"{queue['due']} adhoc tasks due, oldest {queue['oldest_age_s']}s, "
-                                         f"{queue['failing']} failing"
+        ok = queue["oldest_age_s"] <= QUEUE_AGE_WARN_S and queue["failing"] == 0
+        checks.append(Check("queue", ok, f"{queue['queued']} adhoc tasks queued ({queue['due']} due), "
+                                         f"oldest overdue {queue['oldest_age_s']}s (Moodle warns after "
+                                         f"{QUEUE_AGE_WARN_S}s), {queue['failing']} failing"
                                          + ("" if ok else ": see runbooks/queue-backlog.md")))
     return checks

@@ -53,15 +53,16 @@ class Status:
 
 
 def queue_depth(site: Site) -> dict:
-    """Adhoc queue: tasks due, and the age of the oldest (the better backlog signal)."""
-    sql = ("select count(*), coalesce(extract(epoch from now())::bigint - min(timecreated), 0), "
-           "count(*) filter (where faildelay > 0) from mdl_task_adhoc "
-           "where nextruntime <= extract(epoch from now())")
+    """Adhoc queue the way Moodle's own check (tool_task adhocqueue) sees it: every queued
+    task, and the age of the most overdue one (now - nextruntime); plus due and failing."""
+    sql = ("select count(*), greatest(0, coalesce(max(extract(epoch from now())::bigint - nextruntime), 0)), "
+           "count(*) filter (where nextruntime <= extract(epoch from now())), "
+           "count(*) filter (where faildelay > 0) from mdl_task_adhoc")
     try:
-        due, oldest, failing = docker.psql(f"{site.prefix}-db", sql).split("|")
+        queued, oldest, due, failing = docker.psql(f"{site.prefix}-db", sql).split("|")
     except (CommandFailed, ValueError):
         return {}
-    return {"due": int(due), "oldest_age_s": int(oldest), "failing": int(failing)}
+    return {"queued": int(queued), "due": int(due), "oldest_age_s": int(oldest), "failing": int(failing)}
 
 
 def release(site: Site) -> str:

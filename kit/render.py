@@ -78,6 +78,67 @@ def names_for(site: Site, tuning: Tuning) -> Names:
     return Names(prefix=site.prefix, replicas=tuning.web_replicas, workers=tuning.workers)
 
 
+LOCAL_HOST = "localhost"
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Which host runs what, and how the containers reach each other.
+
+    local: one host, containers find each other by name on the site's network.
+    hosts: several machines; services publish ports on their machine's address, the edge
+    proxies to each web machine's published port, moodledata is a shared mount.
+    """
+
+    db_endpoint: str
+    redis_endpoint: str
+    replicas: dict[str, dict]          # replica name -> {host, upstream, publish}
+    workers: dict[str, str]            # worker name -> host
+    hosts_for: dict[str, list[str]]    # role -> inventory host names
+    publish: dict[str, list[str]]      # service -> docker published ports
+    moodledata: dict[str, str]         # docker mount source/type for moodledata
+    addresses: dict[str, str]          # inventory host -> address (hosts target)
+
+    @property
+    def edge_host(self) -> str:
+        return self.hosts_for["edge"][0]
+
+    def host_of(self, container_role: str) -> str:
+        """The inventory host that runs the first container of a role (db, redis, cron, web)."""
+        if container_role == "web":
+            return next(iter(self.replicas.values()))["host"]
+        return self.hosts_for[container_role][0]
+
+
+def topology_for(site: Site, tuning: Tuning) -> Topology:
+    names = names_for(site, tuning)
+    if site.target != "hosts":
+        return Topology(
+            db_endpoint=names.db, redis_endpoint=names.redis,
+            replicas={n: {"host": LOCAL_HOST, "upstream": f"{n}-nginx:80", "publish": []} for n in names.web},
+            workers={n: LOCAL_HOST for n in names.worker},
+            hosts_for={role: [LOCAL_HOST] for role in ("edge", "db", "redis", "cron", "web", "worker")},
+            publish={"db": [], "redis": []},
+            moodledata={"type": "volume", "source": names.volume("moodledata")},
+            addresses={},
+        )
+    hosts = site.hosts
+    web = hosts.with_role("web")
+    runners = hosts.with_role("worker") or hosts.with_role("cron")
+    db, redis = hosts.with_role("db")[0], hosts.with_role("redis")[0]
+    return Topology(
+        db_endpoint=db.address, redis_endpoint=redis.address,
+        replicas={n: {"host": m.name, "upstream": f"{m.address}:{hosts.web_port}",
+                      "publish": [f"{m.address}:{hosts.web_port}:80"]} for n, m in zip(names.web, web)},
+        workers={n: runners[i % len(runners)].name for i, n in enumerate(names.worker)},
+        hosts_for={role: [m.name for m in hosts.with_role(role)] or [hosts.with_role("cron")[0].name]
+                   for role in ("edge", "db", "redis", "cron", "web", "worker")},
+        publish={"db": [f"{db.address}:5432:5432"], "redis": [f"{redis.address}:6379:6379"]},
+        moodledata={"type": "bind", "source": hosts.moodledata},
+        addresses={m.name: m.address for m in hosts.machines},
+    )
+
+
 def _env() -> Environment:
     return Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
                        keep_trailing_newline=True, autoescape=False)
@@ -86,13 +147,14 @@ def _env() -> Environment:
 def render_files(site: Site, tuning: Tuning) -> dict[str, str]:
     """Config files as text, keyed by file name."""
     env = _env()
-    ctx = {"site": site, "tuning": tuning, "names": names_for(site, tuning)}
+    ctx = {"site": site, "tuning": tuning, "names": names_for(site, tuning), "topology": topology_for(site, tuning)}
     return {name: env.get_template(f"{name}.j2").render(**ctx) for name in CONFIG_FILES}
 
 
 def driver_vars(site: Site, tuning: Tuning, images: ImageSet, files: dict[str, str]) -> dict:
     """The variables the playbooks read: every value comes from Site, Tuning or ImageSet."""
     names = names_for(site, tuning)
+    topo = topology_for(site, tuning)
     checksums: dict[str, str] = {}
     for service in ("web", "cron", "worker", "db", "redis"):
         digest = hashlib.sha256()
@@ -117,9 +179,19 @@ def driver_vars(site: Site, tuning: Tuning, images: ImageSet, files: dict[str, s
         },
         "kit_web_replicas": tuning.web_replicas,
         "kit_workers": tuning.workers,
+        "kit_adhoc_concurrency_limit": tuning.adhoc_concurrency_limit,
         "kit_fpm_max_children": tuning.fpm_max_children,
         "kit_redis_maxmemory_mb": tuning.redis_maxmemory_mb,
         "kit_checksums": checksums,
+        "kit_target": site.target,
+        "kit_replicas": topo.replicas,
+        "kit_worker_hosts": topo.workers,
+        "kit_edge_host": topo.edge_host,
+        "kit_db_host": topo.hosts_for["db"][0],
+        "kit_cron_host": topo.hosts_for["cron"][0],
+        "kit_redis_endpoint": topo.redis_endpoint,
+        "kit_publish": topo.publish,
+        "kit_moodledata_mount": {**topo.moodledata, "target": "/var/moodledata"},
         "kit_moodle": {
             "admin_user": site.moodle.admin_user, "admin_email": site.moodle.admin_email,
             "fullname": site.moodle.fullname, "shortname": site.moodle.shortname,
@@ -139,13 +211,27 @@ def render(site: Site, tuning: Tuning, images: ImageSet) -> Path:
     _write_if_changed(out / "vars.yml", "# Rendered by `kit render`; the playbooks read only this and secrets.\n"
                       + yaml.safe_dump(data, sort_keys=True))
     _write_if_changed(out / "plan.yml", yaml.safe_dump(tuning.as_dict(), sort_keys=True))
-    _write_if_changed(out / "inventory.ini", inventory(site))
+    _write_if_changed(out / "inventory.ini", inventory(site, tuning))
     return out
 
 
-def inventory(site: Site) -> str:
-    # The driver sets ansible_python_interpreter to the kit's own Python (see kit.drivers.local).
-    return "# Rendered by `kit render`.\n[moodle]\nlocalhost ansible_connection=local\n"
+def inventory(site: Site, tuning: Tuning) -> str:
+    """One group per role. local: this host in every group, driven with the kit's own Python."""
+    import sys
+
+    topo = topology_for(site, tuning)
+    lines = ["# Rendered by `kit render`."]
+    if site.target != "hosts":
+        lines += ["[all]", f"{LOCAL_HOST} ansible_connection=local ansible_python_interpreter={sys.executable}"]
+    else:
+        ssh_args = f"-F {site.site_dir / site.hosts.ssh_config}" if site.hosts.ssh_config else ""
+        lines += ["[all:vars]", f"ansible_user={site.hosts.ssh_user}", "ansible_python_interpreter=/usr/bin/python3"]
+        if ssh_args:
+            lines.append(f"ansible_ssh_common_args={ssh_args}")
+        lines += ["[all]"] + [f"{name} ansible_host={address}" for name, address in topo.addresses.items()]
+    for role, members in topo.hosts_for.items():
+        lines += [f"[{role}]", *members]
+    return "\n".join(lines) + "\n"
 
 
 def _write_if_changed(path: Path, text: str) -> None:

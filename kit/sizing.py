@@ -114,7 +114,11 @@ def plan(site: Site, host: HostResources | None = None) -> Tuning:
     ram_cap = max(4, php_ram // PHP_WORKER_MB)
     total = max(4, min(needed, cpu_cap, ram_cap))
     limiter = {needed: "expected load", cpu_cap: "CPU count", ram_cap: "memory"}[min(needed, cpu_cap, ram_cap)]
-    if site.scale.web_replicas:
+    web_hosts = len(site.hosts.with_role("web")) if site.target == "hosts" else 0
+    if web_hosts:
+        replicas = web_hosts
+        why["web_replicas"] = "one per machine with role web (hosts.machines)"
+    elif site.scale.web_replicas:
         replicas = site.scale.web_replicas
         why["web_replicas"] = "set in site.yaml (scale.web_replicas)"
     else:

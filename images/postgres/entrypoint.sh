@@ -13,14 +13,28 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     su postgres -s /bin/sh -c "initdb -D '$PGDATA' -U postgres --auth-local=peer --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 --pwfile='$pwfile'" >/dev/null
     su postgres -s /bin/sh -c "pg_ctl -D '$PGDATA' -o \"-c listen_addresses='' -c config_file=$PGDATA/postgresql.conf\" -w start" >/dev/null
     # The password is read from a file by psql's \set, so it never appears in argv.
-    su postgres -s /bin/sh -c "psql -v ON_ERROR_STOP=1 -q" <<SQL
+    # `moodle` owns the database. After `kit secrets rotate`, Moodle logs in as moodle_a or
+    # moodle_b (members of moodle that act as it), so a fresh init creates that login role.
+    login="${KIT_DB_USER:-moodle}"
+    case "$login" in moodle|moodle_a|moodle_b) ;; *) echo "kit: bad KIT_DB_USER" >&2; exit 1 ;; esac
+    if [ "$login" = moodle ]; then
+        su postgres -s /bin/sh -c "psql -v ON_ERROR_STOP=1 -q" <<SQL
 \set pw \`cat $pwfile\`
 CREATE ROLE moodle LOGIN PASSWORD :'pw';
 CREATE DATABASE moodle OWNER moodle ENCODING 'UTF8' TEMPLATE template0;
 SQL
+    else
+        su postgres -s /bin/sh -c "psql -v ON_ERROR_STOP=1 -q" <<SQL
+\set pw \`cat $pwfile\`
+CREATE ROLE moodle LOGIN;
+CREATE ROLE $login LOGIN PASSWORD :'pw' IN ROLE moodle;
+ALTER ROLE $login SET role = 'moodle';
+CREATE DATABASE moodle OWNER moodle ENCODING 'UTF8' TEMPLATE template0;
+SQL
+    fi
     rm -f "$pwfile"
     su postgres -s /bin/sh -c "pg_ctl -D '$PGDATA' -m fast -w stop" >/dev/null
     echo "kit: database initialised"
 fi
-unset KIT_DB_PASSWORD
+unset KIT_DB_PASSWORD KIT_DB_USER
 exec setpriv --reuid=postgres --regid=postgres --init-groups postgres -D "$PGDATA" -c config_file=/etc/kit/postgresql.conf

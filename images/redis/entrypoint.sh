@@ -1,9 +1,12 @@
 #!/bin/sh
-# The password goes into a private runtime config (printf is a shell builtin: no argv).
+# Redis reads its password set from /etc/kit/redis-users.acl: a `user default` line with
+# SHA-256 hashes only, written owner-only by the kit. Two hashes are valid while
+# `kit secrets rotate` rolls the clients over; a restart keeps whatever the file says.
 set -eu
-: "${KIT_REDIS_PASSWORD:?KIT_REDIS_PASSWORD must be set}"
+acl=/etc/kit/redis-users.acl
+[ -s "$acl" ] || { echo "kit: $acl is missing: Redis would run without a password" >&2; exit 1; }
+grep -q '^user default on #[0-9a-f]\{64\}' "$acl" || { echo "kit: $acl has no password hash" >&2; exit 1; }
 umask 077
-{ echo "include /etc/kit/redis.conf"; printf 'requirepass %s\n' "$KIT_REDIS_PASSWORD"; } > /run/kit/redis.conf
+{ echo "include /etc/kit/redis.conf"; cat "$acl"; } > /run/kit/redis.conf
 chown -R redis:redis /run/kit /data
-unset KIT_REDIS_PASSWORD
 exec setpriv --reuid=redis --regid=redis --init-groups redis-server /run/kit/redis.conf

@@ -35,7 +35,6 @@ def ansible_playbook(site: Site, playbook: str, *, extra: dict[str, str] | None 
         "-e", f"@{build / 'vars.yml'}",
         "-e", f"kit_build_dir={build}",
         "-e", f"kit_secrets_file={site.secrets_file}",
-        "-e", f"ansible_python_interpreter={sys.executable}",
     ]
     for key, value in (extra or {}).items():
         cmd += ["-e", f"{key}={value}"]

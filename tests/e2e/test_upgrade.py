@@ -130,7 +130,16 @@ def test_moodle_version_upgrade_in_maintenance(seeded, tmp_path_factory):
     original = site_yaml.read_text()
     site_yaml.write_text(original.replace(str(SRC), str(newer)))
     try:
-        refused = kit("upgrade", cwd=site_dir)
+        # Earlier tests may have left a fresh backup; hide it to see the refusal.
+        backups = site_dir / "backups"
+        hidden = site_dir / "backups.hidden"
+        if backups.exists():
+            backups.rename(hidden)
+        try:
+            refused = kit("upgrade", cwd=site_dir)
+        finally:
+            if hidden.exists():
+                hidden.rename(backups)
         assert refused.returncode != 0 and "needs a backup" in refused.stderr
         result = kit("upgrade", "--backup-now", cwd=site_dir)
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

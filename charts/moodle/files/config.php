@@ -1,0 +1,64 @@
+<?php  // Rendered by the kit from site.yaml for site "moodle". Do not edit: run `kit render`.
+// Secrets come from the container environment, never from this file.
+unset($CFG);
+global $CFG;
+$CFG = new stdClass();
+
+$CFG->dbtype    = 'pgsql';
+$CFG->dblibrary = 'native';
+$CFG->dbhost    = '{{ include "moodle.database.host" . }}';
+$CFG->dbname    = 'moodle';
+$CFG->dbuser    = getenv('KIT_DB_USER') ?: 'moodle';
+$CFG->dbpass    = getenv('KIT_DB_PASSWORD');
+$CFG->prefix    = 'mdl_';
+$CFG->dboptions = [
+    'dbpersist' => false,
+    'dbport' => 5432,
+    'dbsocket' => '',
+    'dbhandlesoptions' => false,
+];
+
+// One fixed wwwroot for every replica; TLS ends at the proxy when the URL is https.
+$CFG->wwwroot   = 'https://moodle.example.com';
+$CFG->sslproxy  = true;
+$CFG->admin     = 'admin';
+
+// Shared: dataroot (cachedir, tempdir, backuptempdir live under it). Local per container: localcachedir.
+$CFG->dataroot      = '/var/moodledata';
+$CFG->localcachedir = '/var/cache/moodle';
+$CFG->directorypermissions = 02770;
+
+// Code is immutable in the image: no plugin installs or updates from the web UI.
+$CFG->disableupdateautodeploy = true;
+$CFG->preventexecpath = true;
+
+// Sessions in Redis so any replica serves any user.
+$CFG->session_handler_class = '\core\session\redis';
+$CFG->session_redis_host = '{{ include "moodle.redis.host" . }}';
+$CFG->session_redis_port = 6379;
+$CFG->session_redis_auth = getenv('KIT_REDIS_PASSWORD');
+$CFG->session_redis_database = 0;
+$CFG->session_redis_prefix = 'sess_';
+$CFG->session_redis_acquire_lock_timeout = 120;
+$CFG->session_redis_acquire_lock_retry = 100;
+$CFG->session_redis_lock_expire = 7200;
+$CFG->session_redis_serializer_use_igbinary = false;
+
+// Files from moodledata are sent by nginx (X-Accel-Redirect), not streamed through PHP.
+$CFG->xsendfile = 'X-Accel-Redirect';
+$CFG->xsendfilealiases = ['/dataroot/' => $CFG->dataroot];
+
+// PostgreSQL advisory locks (sessions reach PostgreSQL directly, no transaction pooler).
+$CFG->lock_factory = '\core\lock\postgres_lock_factory';
+
+// Cron runs only from the CLI: the scheduled-task runner and the adhoc-task workers.
+$CFG->cronclionly = true;
+// The scheduled-task runner leaves queued (adhoc) work to the workers.
+// The limit is in the workers' environment, so scaling workers does not roll the web tier.
+$CFG->task_adhoc_concurrency_limit = (int) getenv('KIT_ADHOC_CONCURRENCY_LIMIT');
+
+// Moodle's load-test generator creates users with this password (kit loadtest seed).
+$CFG->tool_generator_users_password = getenv('KIT_LOADTEST_PASSWORD');
+
+require_once(__DIR__ . '/lib/setup.php');
+// There is no php closing tag in this file, it is intentional because it prevents trailing whitespace problems!

@@ -1,0 +1,20 @@
+#!/bin/sh
+# The install Job, created by every release and idempotent: Moodle's CLI install when the
+# database is empty (first rollout only), then the kit's cluster settings kept in Moodle's
+# own store (the application cache on Redis), exactly as `kit up` does on hosts.
+set -eu
+. /opt/kit-chart/lib.sh
+wait_for_database
+state=$(moodle_installed)
+case "$state" in
+    f)
+        echo "kit: installing Moodle (install_database.php); web pods become ready when it ends"
+        php /opt/kit/install.php ;;
+    t)
+        echo "kit: Moodle is installed" ;;
+    *)
+        echo "kit: cannot tell whether Moodle is installed (psql said: $state)" >&2
+        exit 1 ;;
+esac
+wait_for_redis
+php /opt/kit/configure.php
