@@ -18,6 +18,13 @@ SITE_OPTION = click.option(
     help="The site config file.")
 
 
+def _local_only(site: config.Site, command: str) -> None:
+    """Commands that reach into containers with secrets or data streams run on `local` only (for now)."""
+    if site.target != "local":
+        raise KitError(f"`kit {command}` supports target local; this site's target is {site.target!r} "
+                       "(on hosts, run it on the machine itself with a local site.yaml)")
+
+
 def _load(site_path: str) -> config.Site:
     return config.load_site(site_path)
 
@@ -58,11 +65,15 @@ def cli() -> None:
 @click.option("--target", type=click.Choice(["local", "hosts", "k8s"]), default="local", show_default=True)
 @click.option("--namespace", default=None, help="k8s: Kubernetes namespace (default: moodle).")
 @click.option("--host", "k8s_host", default=None, help="k8s: Ingress host name; the URL becomes https://HOST.")
+@click.option("--machine", "machines", multiple=True, metavar="NAME=ADDRESS:ROLE[,ROLE]",
+              help="hosts: one machine and its roles (edge, db, redis, cron, web, worker); repeat per machine, "
+                   "e.g. --machine app1=10.0.0.11:web,worker")
+@click.option("--ssh-config", default=None, help="hosts: ssh_config file with the machines' keys (default: ssh's own).")
 @click.option("--force", is_flag=True, help="Overwrite an existing site.yaml (secrets are kept).")
 @SITE_OPTION
 def init(users: int, moodle_source: str | None, moodle_ref: str | None, name: str, port: int, bind: str,
          url: str | None, base_image: str | None, target: str, namespace: str | None, k8s_host: str | None,
-         force: bool, site_path: str) -> None:
+         machines: tuple[str, ...], ssh_config: str | None, force: bool, site_path: str) -> None:
     """Write site.yaml and generate the site's secrets (owner-only)."""
     path = Path(site_path)
     if path.exists() and not force:
@@ -80,6 +91,10 @@ def init(users: int, moodle_source: str | None, moodle_ref: str | None, name: st
         data["moodle"] = moodle
     if base_image:
         data["images"] = {"base": base_image}
+    if machines or ssh_config:
+        data["hosts"] = {"machines": [_parse_machine(spec) for spec in machines]}
+        if ssh_config:
+            data["hosts"]["ssh_config"] = str(Path(os.path.expanduser(ssh_config)).resolve())
     if target == "k8s" or namespace or k8s_host:
         from kit.k8s.values import init_settings
 
@@ -91,6 +106,15 @@ def init(users: int, moodle_source: str | None, moodle_ref: str | None, name: st
     click.echo(f"wrote {path} (site {site.name!r}, {site.users} users, {site.url})")
     click.echo(f"secrets in {site.secrets_file} (mode 0600)")
     click.echo("next: `kit plan` to review the tuning, then `kit up`")
+
+
+def _parse_machine(spec: str) -> dict:
+    """NAME=ADDRESS:ROLE[,ROLE] -> a hosts.machines entry (validated with the site)."""
+    name, sep, rest = spec.partition("=")
+    address, sep2, roles = rest.rpartition(":")
+    if not (sep and sep2 and name and address and roles):
+        raise KitError(f"--machine {spec!r}: use NAME=ADDRESS:ROLE[,ROLE], e.g. app1=10.0.0.11:web,worker")
+    return {"name": name, "address": address, "roles": roles.split(",")}
 
 
 @cli.command()
@@ -169,8 +193,6 @@ def up(yes: bool, skip_build: bool, dry_run: bool, site_path: str) -> None:
     if dry_run:
         _dry_run(site)
         return
-    if site.target != "local":
-        raise KitError(f"target {site.target!r} is not available in this version of the kit; use target: local")
     started = time.monotonic()
     tuning = sizing.plan(site)
     click.secho("==> Preflight", bold=True)
@@ -179,6 +201,16 @@ def up(yes: bool, skip_build: bool, dry_run: bool, site_path: str) -> None:
     ok = _print_checks(checks)
     if not ok:
         raise KitError("preflight failed: fix the lines marked FAIL above; nothing was changed")
+    if site.target == "hosts":
+        if not docker_check.ok:
+            raise KitError(f"the kit builds images with this machine's Docker engine: {docker_check.message}")
+        from kit.drivers import hosts as hosts_driver
+
+        rows = hosts_driver.check_machines(site)
+        for name, reachable, msg in rows:
+            click.echo(f"  {'ok  ' if reachable else 'FAIL'} {name:8} {msg}")
+        if not all(reachable for _, reachable, _ in rows):
+            raise KitError("machines unreachable: fix the lines marked FAIL above; nothing was changed")
     if not docker_check.ok:
         if not doctor.is_debian_like():
             raise KitError(docker_check.message)
@@ -386,7 +418,9 @@ def backup_cmd(site_path: str) -> None:
     """Dump the database, archive moodledata, keep site.yaml and checksums, under backups/<site>/."""
     from kit import backup
 
-    backup.backup(_load(site_path))
+    site = _load(site_path)
+    _local_only(site, "backup")
+    backup.backup(site)
 
 
 @cli.command()
@@ -402,6 +436,7 @@ def restore(backup_dir: str, yes: bool, site_path: str) -> None:
     from kit import backup
 
     site = _load(site_path)
+    _local_only(site, "restore")
     manifest = backup.verify(Path(backup_dir))
     if not yes:
         click.confirm(f"Replace ALL data of site {site.name!r} with the backup from {manifest['created']}?",
@@ -425,6 +460,9 @@ def scale(counts: tuple[str, ...], site_path: str) -> None:
 
     site = _load(site_path)
     update: dict[str, int] = {}
+    if site.target == "hosts" and any(item.startswith("web=") for item in counts):
+        raise KitError("on target hosts each machine with role web runs one replica: add or remove machines "
+                       "in site.yaml (hosts.machines), then `kit up`")
     for item in counts:
         key, _, value = item.partition("=")
         field = {"web": "web_replicas", "workers": "workers"}.get(key)
@@ -454,12 +492,15 @@ def maintenance(state: str, message: str | None, site_path: str) -> None:
     from kit.runner import run
 
     site = _load(site_path)
-    moodle = ["docker", "exec", "-u", "www-data", f"{site.prefix}-web-1", "php"]
+    from kit.drivers.hosts import on_host
+
+    web = f"{site.prefix}-web-1"
+    moodle = ["docker", "exec", "-u", "www-data", web, "php"]
     if message is not None:
         if state == "off":
             raise KitError("--message goes with `kit maintenance on`")
-        run([*moodle, "admin/cli/cfg.php", "--name=maintenance_message", f"--set={message}"])
-    run([*moodle, "admin/cli/maintenance.php", "--enable" if state == "on" else "--disable"])
+        run(on_host(site, web, [*moodle, "admin/cli/cfg.php", "--name=maintenance_message", f"--set={message}"]))
+    run(on_host(site, web, [*moodle, "admin/cli/maintenance.php", "--enable" if state == "on" else "--disable"]))
 
 
 @cli.group(name="secrets")
@@ -505,15 +546,17 @@ def secrets_rotate(rotate_db: bool, rotate_redis: bool, yes: bool, site_path: st
 @SITE_OPTION
 def logs(service: str | None, since: str, tail_lines: int, site_path: str) -> None:
     """Recent logs of the site's containers (one service, or all)."""
-    from kit import docker
+    from kit.drivers import hosts
     from kit.runner import run
 
     site = _load(site_path)
-    for c in docker.site_containers(site.name):
+    for c in hosts.containers(site):
         if c["role"] in ("install", "oneoff") or (service and c["role"] != service):
             continue
-        click.secho(f"==> {c['name']} ({c['role']})", bold=True)
-        run(["docker", "logs", "--since", since, "--tail", str(tail_lines), c["name"]], quiet=False, check=False)
+        where = f" on {c['machine']}" if "machine" in c else ""
+        click.secho(f"==> {c['name']} ({c['role']}){where}", bold=True)
+        run(hosts.on_host(site, c["name"], ["docker", "logs", "--since", since, "--tail", str(tail_lines), c["name"]]),
+            quiet=False, check=False)
 
 
 @cli.group(name="admin")
@@ -531,6 +574,7 @@ def admin_reset_password(username: str | None, site_path: str) -> None:
     from kit.runner import run
 
     site = _load(site_path)
+    _local_only(site, "admin reset-password")
     username = username or site.moodle.admin_user
     password = pysecrets.token_urlsafe(18)
     run(["docker", "exec", "-e", "KIT_USERNAME", "-e", "KIT_NEW_PASSWORD", "-u", "www-data", f"{site.prefix}-web-1",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit import docker
+from kit.drivers import hosts
 from kit.config import Site
 from kit.errors import KitError
 from kit.images import check_moodle_tree
@@ -103,7 +104,10 @@ def check_moodle_source(site: Site) -> Check:
 
 
 def preflight(site: Site, tuning: Tuning, *, docker_required: bool = True) -> list[Check]:
-    checks = [check_moodle_source(site), check_disk(site), check_memory(site, tuning)]
+    checks = [check_moodle_source(site), check_disk(site)]
+    if site.target == "hosts":  # the machines' memory and ports are theirs: checked there by the rollout
+        return checks
+    checks.append(check_memory(site, tuning))
     dock = check_docker()
     if docker_required or dock.ok:
         checks.append(dock)
@@ -120,7 +124,7 @@ def runtime_checks(site: Site) -> list[Check]:
     from kit import health
     from kit.errors import CommandFailed
 
-    containers = [c for c in docker.site_containers(site.name) if c["role"] not in ("install", "oneoff")]
+    containers = [c for c in hosts.containers(site) if c["role"] not in ("install", "oneoff")]
     if not containers:
         return []
     checks = []
@@ -129,8 +133,8 @@ def runtime_checks(site: Site) -> list[Check]:
     checks.append(Check("replicas", not bad, "all containers running and healthy" if not bad
                         else "not healthy: " + ", ".join(bad) + " (see `kit logs`, then `kit up`)"))
     try:
-        used, limit, size_mb = docker.psql(
-            f"{site.prefix}-db", "select count(*), current_setting('max_connections'), "
+        used, limit, size_mb = hosts.psql(
+            site, "select count(*), current_setting('max_connections'), "
             "pg_database_size('moodle') / 1048576 from pg_stat_activity").split("|")
         ratio = int(used) / int(limit)
         checks.append(Check("db-conn", ratio < CONNECTIONS_WARN,

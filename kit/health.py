@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 import requests
 
-from kit import docker
+from kit.drivers import hosts
 from kit.config import Site
 from kit.errors import CommandFailed
 
@@ -19,6 +19,8 @@ LOGIN_MARKUP = 'name="logintoken"'
 def local_base_url(site: Site) -> str:
     """Where this host reaches the site's edge proxy (the public URL may point at a proxy)."""
     host = "127.0.0.1" if site.http.bind in ("0.0.0.0", "::") else site.http.bind
+    if site.target == "hosts":
+        host = site.hosts.with_role("edge")[0].address
     return f"http://{host}:{site.http.port}"
 
 
@@ -59,7 +61,7 @@ def queue_depth(site: Site) -> dict:
            "count(*) filter (where nextruntime <= extract(epoch from now())), "
            "count(*) filter (where faildelay > 0) from mdl_task_adhoc")
     try:
-        queued, oldest, due, failing = docker.psql(f"{site.prefix}-db", sql).split("|")
+        queued, oldest, due, failing = hosts.psql(site, sql).split("|")
     except (CommandFailed, ValueError):
         return {}
     return {"queued": int(queued), "due": int(due), "oldest_age_s": int(oldest), "failing": int(failing)}
@@ -67,13 +69,13 @@ def queue_depth(site: Site) -> dict:
 
 def release(site: Site) -> str:
     try:
-        return docker.psql(f"{site.prefix}-db", "select value from mdl_config where name = 'release'")
+        return hosts.psql(site, "select value from mdl_config where name = 'release'")
     except CommandFailed:
         return ""
 
 
 def status(site: Site) -> Status:
-    containers = docker.site_containers(site.name)
+    containers = hosts.containers(site)
     http_ok, http_msg = http_check(site)
     problems = []
     if not containers:

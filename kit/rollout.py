@@ -14,6 +14,7 @@ import click
 
 from kit import backup, releases
 from kit.config import Site, ensure_secrets
+from kit.drivers.hosts import on_host, ship_images
 from kit.drivers.local import ansible_playbook
 from kit.errors import CommandFailed, KitError
 from kit.images import build_all, image_set
@@ -31,14 +32,16 @@ def image_moodle_version(image: str) -> tuple[str, str]:
 
 
 def db_moodle_version(site: Site) -> str | None:
-    result = capture(["docker", "exec", "-u", "postgres", f"{site.prefix}-db", "psql", "-d", "moodle", "-tAX", "-c",
-                      "select value from mdl_config where name = 'version'"], check=False)
+    db = f"{site.prefix}-db"
+    result = capture(on_host(site, db, ["docker", "exec", "-u", "postgres", db, "psql", "-d", "moodle", "-tAX", "-c",
+                                        "select value from mdl_config where name = 'version'"]), check=False)
     value = result.stdout.strip()
     return value if result.returncode == 0 and value else None
 
 
 def _moodle(site: Site, *args: str, container: str | None = None) -> None:
-    run(["docker", "exec", "-u", "www-data", container or f"{site.prefix}-web-1", "php", *args])
+    container = container or f"{site.prefix}-web-1"
+    run(on_host(site, container, ["docker", "exec", "-u", "www-data", container, "php", *args]))
 
 
 def apply(site: Site, tuning: Tuning, *, build: bool = True, allow_moodle_upgrade: bool = False,
@@ -52,11 +55,17 @@ def apply(site: Site, tuning: Tuning, *, build: bool = True, allow_moodle_upgrad
     out = render(site, tuning, images)
     click.echo(f"    {out}")
     version, release_name = image_moodle_version(images.moodle)
+    if site.target == "hosts":
+        click.secho("==> Ship images to the machines that lack them", bold=True)
+        ship_images(site, images)
     release = releases.start(site, images.as_dict(), version, release_name)
     click.secho(f"==> Roll out release {release.id} (Moodle {release_name})", bold=True)
+    extra: dict = {"kit_allow_moodle_upgrade": "true" if allow_moodle_upgrade else "false"}
+    before = releases.last_good(site, before=release.id)
+    if before is not None and before.moodle_version == version:
+        extra["kit_previous_images"] = before.images  # a replica failing its check gets these back at once
     try:
-        totals = ansible_playbook(site, "site.yml",
-                                  extra={"kit_allow_moodle_upgrade": "true" if allow_moodle_upgrade else "false"})
+        totals = ansible_playbook(site, "site.yml", extra=extra)
     except KitError as exc:
         previous = releases.last_good(site, before=release.id)
         releases.finish(site, release, "failed", reason=str(exc), duration_s=round(time.monotonic() - started, 1))

@@ -1,6 +1,7 @@
 """The `local` target: this host's Docker engine, driven by Ansible (connection local)."""
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ def ansible_env() -> dict[str, str]:
     }
 
 
-def ansible_playbook(site: Site, playbook: str, *, extra: dict[str, str] | None = None,
+def ansible_playbook(site: Site, playbook: str, *, extra: dict[str, str | dict] | None = None,
                      check: bool = False, diff: bool = False, tags: str | None = None,
                      build_dir: Path | None = None) -> dict[str, int]:
     """Run one of the kit's playbooks against build/<site>/ (or a release snapshot),
@@ -37,7 +38,7 @@ def ansible_playbook(site: Site, playbook: str, *, extra: dict[str, str] | None 
         "-e", f"kit_secrets_file={site.secrets_file}",
     ]
     for key, value in (extra or {}).items():
-        cmd += ["-e", f"{key}={value}"]
+        cmd += ["-e", json.dumps({key: value}) if isinstance(value, dict) else f"{key}={value}"]
     if check:
         cmd.append("--check")
     if diff:

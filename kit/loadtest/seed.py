@@ -19,7 +19,10 @@ def target_file(site: Site) -> Path:
 
 
 def _exec(site: Site, *args: str) -> list[str]:
-    return ["docker", "exec", "-u", "www-data", f"{site.prefix}-web-1", *args]
+    from kit.drivers.hosts import on_host
+
+    web = f"{site.prefix}-web-1"
+    return on_host(site, web, ["docker", "exec", "-u", "www-data", web, *args])
 
 
 def read_target(site: Site) -> dict | None:

@@ -60,8 +60,23 @@ def moodle_php(code: str) -> str:
     return sh("docker", "exec", "-i", "-u", "www-data", f"kit-{SITE}-web-1", "php", stdin=script)
 
 
+def purge_leftovers() -> None:
+    """An interrupted earlier run may have left the e2e site behind: start from nothing."""
+    def names(*cmd: str) -> list[str]:
+        return subprocess.run(cmd, capture_output=True, text=True).stdout.split()
+
+    containers = names("docker", "ps", "-aq", "--filter", f"label=kit.site={SITE}")
+    if containers:
+        subprocess.run(["docker", "rm", "-f", *containers], capture_output=True)
+    volumes = names("docker", "volume", "ls", "-q", "--filter", f"label=kit.site={SITE}")
+    if volumes:
+        subprocess.run(["docker", "volume", "rm", *volumes], capture_output=True)
+    subprocess.run(["docker", "network", "rm", f"kit-{SITE}"], capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def site_dir(tmp_path_factory):
+    purge_leftovers()
     folder = tmp_path_factory.mktemp("site")
     if subprocess.run(["docker", "image", "inspect", OFFLINE_BASE_TAG], capture_output=True).returncode != 0:
         started = time.monotonic()
@@ -94,14 +109,15 @@ def site(site_dir):
 class Load:
     """A `kit loadtest run` of 20 users in the background for the length of a rollout."""
 
-    def __init__(self, site_dir: Path, seconds: int):
-        self.site_dir, self.seconds = site_dir, seconds
+    def __init__(self, site_dir: Path, seconds: int, *extra: str, site: str = SITE):
+        self.site_dir, self.seconds, self.extra, self.site = site_dir, seconds, extra, site
         self.result: subprocess.CompletedProcess | None = None
         self.thread = threading.Thread(target=self._run)
 
     def _run(self) -> None:
         self.result = kit("loadtest", "run", "--users", "20", "--spawn-rate", "20", "--duration", f"{self.seconds}s",
-                          "--think", "0.5,1.5", "--slo", "errors=0%", cwd=self.site_dir, timeout=self.seconds + 300)
+                          "--think", "0.5,1.5", "--slo", "errors=0%", *self.extra, cwd=self.site_dir,
+                          timeout=self.seconds + 300)
 
     def __enter__(self) -> "Load":
         self.thread.start()
@@ -112,5 +128,5 @@ class Load:
         self.thread.join()
 
     def summary(self) -> dict:
-        report = sorted((self.site_dir / "reports" / SITE).iterdir())[-1]
+        report = sorted((self.site_dir / "reports" / self.site).iterdir())[-1]
         return json.loads((report / "summary.json").read_text())

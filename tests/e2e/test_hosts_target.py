@@ -1,0 +1,125 @@
+"""The `hosts` target on test machines this suite starts on this machine (each: sshd and its
+own Docker engine, see tests/hosts/): `kit up` over SSH across three machines, a rolling
+upgrade under a 20-user load with no failed request, and a broken release undone by itself
+(block/rescue on the failing machine, then the previous release everywhere).
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from kit.images import OFFLINE_BASE_TAG
+from tests.conftest import MEASURED
+from tests.e2e.conftest import SRC, TIMINGS, Load, kit
+from tests.hosts.testhosts import TestHosts, build_image, docker_available
+
+pytestmark = pytest.mark.e2e
+
+SITE = "hs"
+MACHINES = {"data": ["edge", "db", "redis", "cron"], "app1": ["web", "worker"], "app2": ["web"]}
+PORT = 8080
+
+
+def on(th: TestHosts, machine: str, *cmd: str) -> str:
+    result = th.run(machine, *cmd, check=False)
+    assert result.returncode == 0, f"{machine}: {shlex.join(cmd)}: {result.stdout[-1500:]} {result.stderr[-1500:]}"
+    return result.stdout
+
+
+def replica_images(th: TestHosts) -> dict[str, str]:
+    """web replica -> image, read on each web machine."""
+    found = {}
+    for machine, roles in MACHINES.items():
+        if "web" in roles:
+            out = on(th, machine, "docker", "ps", "--filter", f"label=kit.site={SITE}", "--filter",
+                     "label=kit.role=web", "--format", "{{.Names}} {{.Image}}")
+            found.update(line.split() for line in out.splitlines() if line.strip())
+    return found
+
+
+def psql(th: TestHosts, sql: str) -> str:
+    return on(th, "data", "docker", "exec", "-u", "postgres", f"kit-{SITE}-db", "psql", "-d", "moodle", "-tAX",
+              "-c", sql).strip()
+
+
+@pytest.fixture(scope="module")
+def hosts_site(tmp_path_factory):
+    reason = docker_available()
+    if reason:
+        pytest.skip(f"test machines need a Docker engine: {reason}")
+    build_image()
+    with TestHosts(list(MACHINES), tmp_path_factory.mktemp("machines")) as th:
+        folder = tmp_path_factory.mktemp("hosts-site")
+        site = {
+            "name": SITE, "target": "hosts", "users": 50, "http": {"port": PORT},
+            "moodle": {"source": str(SRC)}, "images": {"base": OFFLINE_BASE_TAG},
+            "hosts": {"ssh_config": str(th.ssh_config), "moodledata": "/srv/moodledata",
+                      "machines": [{"name": m, "address": th.address(m), "roles": roles}
+                                   for m, roles in MACHINES.items()]},
+        }
+        (folder / "site.yaml").write_text(yaml.safe_dump(site, sort_keys=False))
+        started = time.monotonic()
+        result = kit("up", "--yes", cwd=folder)
+        TIMINGS["hosts: first kit up on 3 machines (images shipped over ssh, Moodle installed)"] = \
+            time.monotonic() - started
+        assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
+        assert "Site is up" in result.stdout
+        yield folder, th
+    MEASURED.update({k: f"{v:.0f}s" for k, v in TIMINGS.items() if k.startswith("hosts:")})
+
+
+def test_up_spreads_the_site_over_the_machines(hosts_site):
+    folder, th = hosts_site
+    assert set(replica_images(th)) == {f"kit-{SITE}-web-1", f"kit-{SITE}-web-2"}
+    assert f"kit-{SITE}-db" in on(th, "data", "docker", "ps", "--format", "{{.Names}}")
+    assert f"kit-{SITE}-worker-1" in on(th, "app1", "docker", "ps", "--format", "{{.Names}}")
+    upstream = on(th, "data", "cat", f"/etc/kit/{SITE}/edge/upstream.conf")
+    for machine in ("app1", "app2"):
+        assert f"server {th.address(machine)}:8081" in upstream
+    status = json.loads(kit("status", "--json", cwd=folder).stdout)
+    assert status["ready"] is True, status["reason"]
+    again = kit("up", "--yes", cwd=folder)
+    assert again.returncode == 0 and "No changes" in again.stdout, again.stdout[-3000:]
+
+
+def test_rolling_upgrade_across_machines_drops_no_request(hosts_site):
+    folder, th = hosts_site
+    assert kit("loadtest", "seed", "--size", "S", cwd=folder).returncode == 0
+    kept = psql(th, "select count(*) from mdl_course")
+    started = time.monotonic()
+    with Load(folder, 150, "--yes", site=SITE) as load:
+        result = kit("upgrade", "--image-tag", "hs-2", cwd=folder)
+    TIMINGS["hosts: rolling upgrade, 2 web machines (whole run)"] = time.monotonic() - started - 10
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    summary = load.summary()
+    assert summary["total"]["failures"] == 0, summary["failures"]
+    assert summary["total"]["requests"] > 100
+    assert set(replica_images(th).values()) == {"kit/moodle:hs-2"}
+    assert psql(th, "select count(*) from mdl_course") == kept
+
+
+def test_broken_release_is_undone_on_every_machine(hosts_site):
+    folder, th = hosts_site
+    good = replica_images(th)
+    base = good[f"kit-{SITE}-web-1"]
+    broken_dir = folder / "broken-image"
+    broken_dir.mkdir(exist_ok=True)
+    (broken_dir / "Dockerfile").write_text(
+        f"FROM {base}\nRUN echo 'pm.max_children = not-a-number' >> /etc/php/8.2/fpm/php-fpm.conf\n")
+    subprocess.run(["docker", "build", "-q", "-t", "kit/moodle:hs-broken", str(broken_dir)], check=True,
+                   capture_output=True, timeout=600)
+    subprocess.run(["docker", "tag", base.replace("/moodle:", "/moodle-web:"), "kit/moodle-web:hs-broken"],
+                   check=True)
+    with Load(folder, 200, "--yes", site=SITE) as load:
+        result = kit("upgrade", "--image-tag", "hs-broken", cwd=folder)
+    assert result.returncode != 0
+    assert "did not become healthy" in result.stderr and "rolled back to release" in result.stderr
+    summary = load.summary()
+    assert summary["total"]["failures"] == 0, summary["failures"]
+    assert replica_images(th) == good
+    assert json.loads(kit("releases", "--json", cwd=folder).stdout)[-1]["outcome"] == "rolled back"

@@ -1,0 +1,1 @@
+"""Test hosts (sshd + own Docker engine in privileged containers) for the `hosts` target."""

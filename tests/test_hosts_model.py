@@ -1,0 +1,135 @@
+"""The `hosts` target's model and rendering: which machine runs what, how they reach each
+other, and the inventory Ansible gets (no machine needed; the e2e test uses real ones)."""
+from __future__ import annotations
+
+import configparser
+import shlex
+from pathlib import Path
+
+import pytest
+
+from kit import render, sizing
+from kit.config import parse_site
+from kit.drivers import hosts
+from kit.errors import KitError
+from kit.images import ImageSet
+from tests.conftest import HOST_2x24
+
+MACHINES = [
+    {"name": "data", "address": "10.0.0.10", "roles": ["edge", "db", "redis", "cron"]},
+    {"name": "app1", "address": "10.0.0.11", "roles": ["web", "worker"]},
+    {"name": "app2", "address": "10.0.0.12", "roles": ["web", "worker"]},
+]
+
+
+def hosts_site(tmp_path: Path, **extra):
+    data = {"name": "hs", "target": "hosts", "hosts": {"machines": MACHINES, "ssh_config": "ssh.cfg", **extra}}
+    return parse_site(data, site_dir=tmp_path)
+
+
+@pytest.mark.parametrize("machines, message", [
+    ([], "target hosts needs hosts.machines"),
+    (MACHINES[1:], "exactly one machine must have role 'edge' (found 0)"),
+    ([MACHINES[0]], "at least one machine must have role 'web'"),
+    ([MACHINES[0], MACHINES[1], {**MACHINES[1], "address": "10.0.0.13"}], "machine names must be unique"),
+    ([{**MACHINES[0], "roles": ["edge", "db", "redis", "cron", "mail"]}], "roles.4"),
+])
+def test_bad_machine_lists_are_refused_in_one_line(tmp_path, machines, message):
+    with pytest.raises(KitError) as err:
+        parse_site({"target": "hosts", "hosts": {"machines": machines}}, site_dir=tmp_path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_one_replica_per_web_machine_and_the_edge_proxies_to_their_addresses(tmp_path):
+    site = hosts_site(tmp_path)
+    tuning = sizing.plan(site, HOST_2x24)
+    topo = render.topology_for(site, tuning)
+    assert tuning.web_replicas == 2
+    assert {n: r["upstream"] for n, r in topo.replicas.items()} == {"kit-hs-web-1": "10.0.0.11:8081",
+                                                                    "kit-hs-web-2": "10.0.0.12:8081"}
+    assert topo.replicas["kit-hs-web-2"]["publish"] == ["10.0.0.12:8081:80"]
+    assert set(topo.workers.values()) <= {"app1", "app2"}
+    assert (topo.db_endpoint, topo.redis_endpoint) == ("10.0.0.10", "10.0.0.10")
+    assert topo.moodledata == {"type": "bind", "source": "/srv/moodledata"}
+    files = render.render_files(site, tuning)
+    assert "$CFG->dbhost    = '10.0.0.10';" in files["config.php"]
+    assert site.url == "http://10.0.0.10:8080"
+
+
+def test_local_keeps_container_names_and_a_volume(tmp_path):
+    site = parse_site({"name": "lc"}, site_dir=tmp_path)
+    topo = render.topology_for(site, sizing.plan(site, HOST_2x24))
+    assert topo.db_endpoint == "kit-lc-db" and topo.publish == {"db": [], "redis": []}
+    assert topo.replicas["kit-lc-web-1"] == {"host": "localhost", "upstream": "kit-lc-web-1-nginx:80", "publish": []}
+    assert topo.moodledata["type"] == "volume"
+
+
+def test_inventory_groups_machines_by_role_and_uses_the_ssh_config(tmp_path):
+    site = hosts_site(tmp_path)
+    text = render.inventory(site, sizing.plan(site, HOST_2x24))
+    groups: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("["):
+            current = line.strip("[]")
+            groups[current] = []
+        elif line and not line.startswith("#") and current:
+            groups[current].append(line)
+    assert groups["web"] == ["app1", "app2"] and groups["db"] == ["data"] and groups["edge"] == ["data"]
+    assert "app1 ansible_host=10.0.0.11" in groups["all"]
+    assert f"ansible_ssh_common_args=-F {tmp_path / 'ssh.cfg'}" in groups["all:vars"]
+    assert "ansible_python_interpreter=/usr/bin/python3" in groups["all:vars"]
+
+
+def test_commands_reach_a_container_through_ssh_to_its_machine_quoted_once(tmp_path):
+    site = hosts_site(tmp_path)
+    argv = hosts.on_host(site, "kit-hs-web-2-nginx", ["docker", "exec", "x", "sh", "-c", "echo 'a b'; rm -rf /"])
+    assert argv[:-2] == ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-F", str(tmp_path / "ssh.cfg"),
+                         "root@10.0.0.12"]
+    assert argv[-2] == "--" and shlex.split(argv[-1]) == ["docker", "exec", "x", "sh", "-c", "echo 'a b'; rm -rf /"]
+    assert hosts.machine_of(site, "kit-hs-db").name == "data"
+    with pytest.raises(KitError, match="not a container of site"):
+        hosts.machine_of(site, "kit-hs-mail")
+    local = parse_site({"name": "lc"}, site_dir=tmp_path)
+    assert hosts.on_host(local, "kit-lc-db", ["docker", "ps"]) == ["docker", "ps"]
+
+
+def test_each_machine_gets_only_the_images_its_roles_run():
+    images = ImageSet(php="kit/php:1", moodle="kit/moodle:1", web="kit/moodle-web:1", postgres="kit/postgres:1",
+                      redis="kit/redis:1", edge="kit/edge:1")
+    from kit.config import Machine
+
+    web_only = Machine(name="a", address="10.0.0.2", roles=["web"])
+    data = Machine(name="d", address="10.0.0.3", roles=["db", "redis", "edge"])
+    assert hosts.images_needed(web_only, images) == ["kit/moodle:1", "kit/moodle-web:1"]
+    assert sorted(hosts.images_needed(data, images)) == ["kit/edge:1", "kit/postgres:1", "kit/redis:1"]
+
+
+def _kit(cwd: Path, *args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "kit.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_init_writes_machines_and_refuses_a_malformed_one(tmp_path):
+    ok = _kit(tmp_path, "init", "--target", "hosts", "--machine", "data=10.0.0.10:edge,db,redis,cron",
+              "--machine", "app1=10.0.0.11:web,worker")
+    assert ok.returncode == 0, ok.stderr
+    site = parse_site(__import__("yaml").safe_load((tmp_path / "site.yaml").read_text()), site_dir=tmp_path)
+    assert [m.name for m in site.hosts.with_role("web")] == ["app1"]
+    bad = _kit(tmp_path, "init", "--force", "--target", "hosts", "--machine", "data=10.0.0.10")
+    assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0
+    assert "NAME=ADDRESS:ROLE" in bad.stderr
+
+
+def test_web_count_and_data_commands_say_what_to_do_on_hosts(tmp_path):
+    assert _kit(tmp_path, "init", "--target", "hosts", "--machine", "data=10.0.0.10:edge,db,redis,cron",
+                "--machine", "app1=10.0.0.11:web").returncode == 0
+    before = (tmp_path / "site.yaml").read_text()
+    scale = _kit(tmp_path, "scale", "web=3")
+    assert scale.returncode != 0 and "add or remove machines" in scale.stderr
+    assert (tmp_path / "site.yaml").read_text() == before
+    backup = _kit(tmp_path, "backup")
+    assert backup.returncode != 0 and "supports target local" in backup.stderr
