@@ -618,3 +618,24 @@ def test_every_object_carries_the_standard_labels():
                         "app.kubernetes.io/managed-by", "helm.sh/chart"):
                 assert key in labels, (name, obj["kind"], obj["metadata"]["name"], key)
             assert labels["app.kubernetes.io/instance"] == RELEASE
+
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_workers_may_run_adhoc_tasks_and_nothing_else_does(name):
+    """config.php takes task_adhoc_concurrency_limit from the environment; Moodle skips all adhoc
+    work at 0, so workers need room for every replica autoscaling may add, and the rest 0."""
+    values, objs = values_for(name), rendered(name)
+    limits: dict[str, set[int]] = {}
+    for _, spec in pod_specs(objs):
+        for container in spec.get("containers", []):
+            env = env_of(container)
+            if "KIT_ROLE" in env:
+                limits.setdefault(env["KIT_ROLE"]["value"], set()).add(
+                    int(env["KIT_ADHOC_CONCURRENCY_LIMIT"]["value"]))
+    workers = {**yaml.safe_load((CHART / "values.yaml").read_text())["workers"], **values.get("workers", {})}
+    most = max(workers["replicas"], workers["keda"]["maxReplicas"] if workers["keda"]["enabled"] else 0,
+               workers["autoscaling"]["maxReplicas"] if workers["autoscaling"]["enabled"] else 0)
+    assert limits.pop("worker") == {workers["adhocConcurrencyLimit"]}
+    assert workers["adhocConcurrencyLimit"] >= most + 1 and most >= 1
+    assert limits and all(found == {0} for found in limits.values()), limits

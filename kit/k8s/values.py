@@ -247,6 +247,8 @@ def chart_values(site: Site, tuning: Tuning, images: ImageSet, moodle_version: s
         "workers": {
             "replicas": scale.workers_min,
             "keepAliveSeconds": 900,
+            # Moodle skips adhoc work beyond this many runners: room for every worker autoscaling may add.
+            "adhocConcurrencyLimit": max(tuning.adhoc_concurrency_limit, scale.workers_max + 1),
             "terminationGracePeriodSeconds": 120,
             "resources": res["workers"],
             "autoscaling": {"enabled": not k8s.keda and scale.workers_max > scale.workers_min,

@@ -141,6 +141,9 @@ capabilities:
 {{- define "moodle.env" -}}
 - name: KIT_ROLE
   value: {{ .role | quote }}
+{{- /* config.php reads the adhoc limit from here: only workers run adhoc tasks (0 elsewhere). */}}
+- name: KIT_ADHOC_CONCURRENCY_LIMIT
+  value: {{ ternary .ctx.Values.workers.adhocConcurrencyLimit 0 (eq .role "worker") | quote }}
 - name: KIT_DB_HOST
   value: {{ include "moodle.database.host" .ctx | quote }}
 - name: KIT_REDIS_HOST
