@@ -16,7 +16,7 @@ import yaml
 from kit.images import OFFLINE_BASE_TAG
 from tests.conftest import MEASURED
 from tests.e2e.conftest import SRC, TIMINGS, Load, kit
-from tests.hosts.testhosts import TestHosts, build_image, docker_available
+from tests.hosts.testhosts import TestHosts, build_image, docker_available, image_exists
 
 pytestmark = pytest.mark.e2e
 
@@ -52,6 +52,8 @@ def hosts_site(tmp_path_factory):
     reason = docker_available()
     if reason:
         pytest.skip(f"test machines need a Docker engine: {reason}")
+    if not image_exists(OFFLINE_BASE_TAG):  # a fresh machine: the test machines' image builds on it
+        assert kit("images", "base", cwd=tmp_path_factory.mktemp("base")).returncode == 0
     build_image()
     with TestHosts(list(MACHINES), tmp_path_factory.mktemp("machines")) as th:
         folder = tmp_path_factory.mktemp("hosts-site")
