@@ -475,7 +475,7 @@ def scale(counts: tuple[str, ...], site_path: str) -> None:
     Path(site_path).write_text(config.dump_site(scaled))
     tuning = sizing.plan(scaled)
     click.echo(f"scaling {scaled.name}: web replicas {tuning.web_replicas}, workers {tuning.workers}")
-    rollout.apply(scaled, tuning, build=False)
+    rollout.apply(scaled, tuning, images=rollout.running_images(scaled))
     ready, msg = health.wait_ready(scaled)
     if not ready:
         raise KitError(f"scaled, but the site is not healthy: {msg}")
@@ -525,8 +525,8 @@ def secrets_rotate(rotate_db: bool, rotate_redis: bool, yes: bool, site_path: st
     site = _load(site_path)
     if not (rotate_db or rotate_redis):
         raise KitError("nothing to rotate: --no-db and --no-redis together")
-    if site.target != "local":
-        raise KitError(f"`kit secrets rotate` supports target local; this site's target is {site.target!r}")
+    if site.target == "k8s":
+        raise KitError("on target k8s, change the site's Secret and run `kit upgrade` (see docs/kubernetes.md)")
     what = " and ".join(w for w, on in (("database", rotate_db), ("Redis", rotate_redis)) if on)
     if not yes:
         click.confirm(f"Rotate the {what} password of site {site.name!r} with a rolling restart?", abort=True)

@@ -17,7 +17,7 @@ from kit.config import Site, ensure_secrets
 from kit.drivers.hosts import on_host, ship_images
 from kit.drivers.local import ansible_playbook
 from kit.errors import CommandFailed, KitError
-from kit.images import build_all, image_set
+from kit.images import ImageSet, build_all, image_set
 from kit.render import render
 from kit.runner import capture, run
 from kit.sizing import Tuning
@@ -44,13 +44,22 @@ def _moodle(site: Site, *args: str, container: str | None = None) -> None:
     run(on_host(site, container, ["docker", "exec", "-u", "www-data", container, "php", *args]))
 
 
+def running_images(site: Site) -> ImageSet:
+    """The images the site runs now (its last good release), so that scaling or rotating
+    secrets never changes the release: an `--image-tag` upgrade is not in site.yaml."""
+    current = releases.current(site)
+    return ImageSet(**current.images) if current is not None else image_set(site)
+
+
 def apply(site: Site, tuning: Tuning, *, build: bool = True, allow_moodle_upgrade: bool = False,
-          auto_rollback: bool = True) -> tuple[releases.Release | None, dict[str, int]]:
-    """Build, render and apply the site; record the release; roll back by itself on failure."""
+          auto_rollback: bool = True, images: ImageSet | None = None) -> tuple[releases.Release | None, dict[str, int]]:
+    """Build, render and apply the site; record the release; roll back by itself on failure.
+    `images` given: apply exactly those (built already)."""
     ensure_secrets(site)
     started = time.monotonic()
     click.secho("==> Images", bold=True)
-    images = build_all(site) if build else image_set(site)
+    if images is None:
+        images = build_all(site) if build else image_set(site)
     click.secho("==> Render", bold=True)
     out = render(site, tuning, images)
     click.echo(f"    {out}")
@@ -96,7 +105,7 @@ def upgrade(site: Site, tuning: Tuning, *, backup_now: bool) -> tuple[releases.R
         raise KitError(f"the new code is Moodle {new_version}, older than the database ({db_version}): "
                        "Moodle cannot downgrade; restore a backup instead (`kit restore BACKUP`)")
     if float(new_version) == float(db_version):
-        return apply(site, tuning, build=False)
+        return apply(site, tuning, images=images)
     click.secho(f"==> Moodle version upgrade: {db_version} -> {new_version} ({new_release})", bold=True)
     saved = backup.require_recent(site, backup_now)
     click.echo(f"    backup: {saved}")
@@ -104,7 +113,7 @@ def upgrade(site: Site, tuning: Tuning, *, backup_now: bool) -> tuple[releases.R
     _moodle(site, "admin/cli/cron.php", "--disable-wait=600", container=f"{site.prefix}-cron")
     _moodle(site, "admin/cli/maintenance.php", "--enable")
     try:
-        release, totals = apply(site, tuning, build=False, allow_moodle_upgrade=True, auto_rollback=False)
+        release, totals = apply(site, tuning, images=images, allow_moodle_upgrade=True, auto_rollback=False)
         _moodle(site, "admin/cli/purge_caches.php")
     except (KitError, CommandFailed) as exc:
         raise KitError(f"Moodle upgrade failed: {exc} -- the site stays in maintenance mode; "

@@ -24,6 +24,7 @@ import yaml
 
 from kit import rollout
 from kit.config import Site, ensure_secrets, write_private
+from kit.drivers.hosts import on_host
 from kit.drivers.local import ansible_playbook
 from kit.errors import CommandFailed, KitError
 from kit.runner import show
@@ -63,8 +64,9 @@ def plan_rotation(current: dict[str, str], *, db: bool, redis: bool) -> dict[str
 
 def _psql_stdin(site: Site, sql: str) -> None:
     """Run SQL as the database superuser, the SQL on stdin (never on a command line)."""
-    cmd = ["docker", "exec", "-i", "-u", "postgres", f"{site.prefix}-db", "psql", "-q", "-v", "ON_ERROR_STOP=1",
-           "-d", "moodle"]
+    db = f"{site.prefix}-db"
+    cmd = on_host(site, db, ["docker", "exec", "-i", "-u", "postgres", db, "psql", "-q", "-v", "ON_ERROR_STOP=1",
+                             "-d", "moodle"])
     click.secho(f"$ {show(cmd)} < (SQL, password as a SCRAM verifier)", fg="cyan", err=True)
     proc = subprocess.run(cmd, input=sql, text=True, capture_output=True)
     if proc.returncode != 0:
@@ -113,7 +115,7 @@ def rotate(site: Site, tuning: Tuning, *, db: bool = True, redis: bool = True) -
     if "redis_password_previous" in staged:
         changed["redis password"] = "new"
     click.secho("==> Rolling restart with the new credentials (Redis accepts both until it ends)", bold=True)
-    rollout.apply(site, tuning, build=False)
+    rollout.apply(site, tuning, images=rollout.running_images(site))
     if "db_password_previous" in staged and staged["db_user_previous"] != staged["db_user"]:
         click.secho(f"==> PostgreSQL: login role {staged['db_user_previous']} loses its password", bold=True)
         retire_login(site, staged["db_user_previous"])

@@ -125,3 +125,31 @@ def test_broken_release_is_undone_on_every_machine(hosts_site):
     assert summary["total"]["failures"] == 0, summary["failures"]
     assert replica_images(th) == good
     assert json.loads(kit("releases", "--json", cwd=folder).stdout)[-1]["outcome"] == "rolled back"
+
+
+def test_secrets_rotate_across_machines_drops_no_request(hosts_site):
+    folder, th = hosts_site
+    secrets_file = folder / ".kit" / SITE / "secrets.yaml"
+    before = yaml.safe_load(secrets_file.read_text())
+    with Load(folder, 150, "--yes", site=SITE) as load:
+        result = kit("secrets", "rotate", "--yes", cwd=folder)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    summary = load.summary()
+    assert summary["total"]["failures"] == 0, summary["failures"]
+    after = yaml.safe_load(secrets_file.read_text())
+    assert after["db_password"] != before["db_password"] and after["redis_password"] != before["redis_password"]
+    # The web machines' php-fpm now log in with the new role; the old one has no password left.
+    assert psql(th, f"select rolpassword is null from pg_authid where rolname = '{before.get('db_user', 'moodle')}'") == "t"
+    acl = on(th, "data", "cat", f"/etc/kit/{SITE}/redis-users.acl")
+    assert acl.count("#") == 1
+    # A rotation restarts containers but keeps the release: still the upgrade's --image-tag.
+    assert set(replica_images(th).values()) == {"kit/moodle:hs-2"}
+
+
+def test_down_stops_every_machine_and_keeps_the_data(hosts_site):
+    folder, th = hosts_site
+    result = kit("down", cwd=folder)
+    assert result.returncode == 0, result.stdout[-3000:]
+    for machine in MACHINES:
+        assert f"kit-{SITE}-" not in on(th, machine, "docker", "ps", "-a", "--format", "{{.Names}}")
+    assert f"kit-{SITE}-pgdata" in on(th, "data", "docker", "volume", "ls", "--format", "{{.Name}}")
