@@ -21,6 +21,7 @@ CHILDREN_PER_REPLICA = 48   # keep one replica's pool small enough to drain quic
 OS_RESERVE_MB = 1024
 DB_RAM_SHARE = 0.25         # on one host PostgreSQL plans against a quarter of RAM
 REDIS_MB_PER_USER = 0.25
+MAX_CONN_STEP = 100         # max_connections steps: scaling inside one never restarts PostgreSQL
 
 
 def pg_mem(kb: int) -> str:
@@ -155,9 +156,14 @@ def plan(site: Site, host: HostResources | None = None) -> Tuning:
 
     # --- PostgreSQL (PGTune, web profile) ----------------------------------------------
     db_kb = int(ram * DB_RAM_SHARE) * 1024
-    max_conn = total + per_replica + workers + 1 + 1 + 10
+    needed_conn = total + per_replica + workers + 1 + 1 + 10
+    # Rounded up to a step: scaling replicas or workers within it never restarts PostgreSQL
+    # (max_connections only changes with a restart).
+    max_conn = max(MAX_CONN_STEP, math.ceil(needed_conn / MAX_CONN_STEP) * MAX_CONN_STEP)
     why["postgres.max_connections"] = (f"{total} php-fpm children + {per_replica} for the replica added during a "
-                                       f"rolling update + {workers} workers + cron + 1 admin CLI + 10 headroom")
+                                       f"rolling update + {workers} workers + cron + 1 admin CLI + 10 headroom "
+                                       f"= {needed_conn}, rounded up to a multiple of {MAX_CONN_STEP} so that "
+                                       "`kit scale` within it does not restart PostgreSQL")
     shared_buffers_mb = db_kb // 4 // 1024
     pg: dict[str, str] = {}
     pg["max_connections"] = str(max_conn)

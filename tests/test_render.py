@@ -10,7 +10,7 @@ from kit.config import ensure_secrets, load_site
 from kit.images import ImageSet
 from kit.render import render, render_files
 from kit.sizing import plan
-from tests.conftest import HOST_2x24, write_site
+from tests.conftest import HOST_2x24, HOST_8x64, write_site
 
 IMAGES = ImageSet("kit/php:1", "kit/moodle:2", "kit/moodle-web:2", "kit/postgres:3", "kit/redis:4", "kit/edge:5")
 
@@ -81,6 +81,6 @@ def test_vars_hold_counts_and_checksums(site):
     assert len(data["kit_names"]["worker"]) == tuning.workers
     assert data["kit_images"]["moodle"] == "kit/moodle:2"
     changed = site.model_copy(update={"users": 5000})
-    data2 = yaml.safe_load((render(changed, plan(changed, HOST_2x24), IMAGES) / "vars.yml").read_text())
+    data2 = yaml.safe_load((render(changed, plan(changed, HOST_8x64), IMAGES) / "vars.yml").read_text())
     assert data2["kit_checksums"]["db"] != data["kit_checksums"]["db"]
     assert data2["kit_checksums"]["redis"] != data["kit_checksums"]["redis"]

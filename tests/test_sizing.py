@@ -74,3 +74,17 @@ def test_host_override_is_used(site_dir):
 def test_every_value_has_a_reason(site_dir):
     for key, value, reason in plan(parse_site({}, site_dir=site_dir), HOST_8x64).rows():
         assert reason, key
+
+
+def test_scaling_within_a_step_never_changes_postgresql_settings(tmp_path):
+    """max_connections needs a PostgreSQL restart: `kit scale` must not force one."""
+    from kit.config import parse_site
+
+    base = plan(parse_site({"users": 50}, site_dir=tmp_path), HOST_2x24)
+    for scale in ({"web_replicas": 1}, {"web_replicas": 3}, {"workers": 1}, {"workers": 4}):
+        scaled = plan(parse_site({"users": 50, "scale": scale}, site_dir=tmp_path), HOST_2x24)
+        assert scaled.postgres == base.postgres, scale
+    big = plan(parse_site({"users": 5000}, site_dir=tmp_path), HOST_8x64)
+    needed = big.php_children_total + big.fpm_max_children + big.workers + 12
+    assert int(big.postgres["max_connections"]) >= needed
+    assert int(big.postgres["max_connections"]) % 100 == 0
