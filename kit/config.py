@@ -9,11 +9,11 @@ import os
 import re
 import secrets as pysecrets
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kit.errors import KitError
 
@@ -30,20 +30,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _ip_address(value: str) -> str:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value)
+    except ValueError as exc:
+        raise ValueError(f"must be an IP address such as 0.0.0.0 or 10.0.0.5 (got {value!r})") from exc
+    return value
+
+
+IPAddress = Annotated[str, AfterValidator(_ip_address)]
+
+
 class HttpSettings(_Strict):
-    bind: str = Field("0.0.0.0", description="address nginx publishes on (127.0.0.1 for tests)")
+    bind: IPAddress = Field("0.0.0.0", description="address nginx publishes on (127.0.0.1 for tests)")
     port: int = Field(8080, ge=1, le=65535)
 
-    @field_validator("bind")
-    @classmethod
-    def _bind_is_ip(cls, value: str) -> str:
-        import ipaddress
-
-        try:
-            ipaddress.ip_address(value)
-        except ValueError as exc:
-            raise ValueError(f"must be an IP address such as 0.0.0.0 or 127.0.0.1 (got {value!r})") from exc
-        return value
 
 
 class HostSettings(_Strict):
@@ -93,19 +96,9 @@ class Machine(_Strict):
     """One host of a `hosts` site, reached over SSH; it runs the containers of its roles."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
-    address: str = Field(description="IP address the other hosts and the edge reach it at")
+    address: IPAddress = Field(description="IP address the other hosts and the edge reach it at")
     roles: list[Literal["edge", "db", "redis", "cron", "web", "worker"]] = Field(min_length=1)
 
-    @field_validator("address")
-    @classmethod
-    def _address_is_ip(cls, value: str) -> str:
-        import ipaddress
-
-        try:
-            ipaddress.ip_address(value)
-        except ValueError as exc:
-            raise ValueError(f"must be an IP address (got {value!r})") from exc
-        return value
 
 
 class HostsSettings(_Strict):
