@@ -48,7 +48,6 @@ class HttpSettings(_Strict):
     port: int = Field(8080, ge=1, le=65535)
 
 
-
 class HostSettings(_Strict):
     """Overrides for the resources sizing plans against (default: this host's)."""
 
@@ -98,7 +97,6 @@ class Machine(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     address: IPAddress = Field(description="IP address the other hosts and the edge reach it at")
     roles: list[Literal["edge", "db", "redis", "cron", "web", "worker"]] = Field(min_length=1)
-
 
 
 class HostsSettings(_Strict):
