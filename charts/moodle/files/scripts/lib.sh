@@ -1,32 +1,31 @@
 # Shared by the chart's scripts (sourced). The database password reaches psql through
 # PGPASSWORD, set from the Secret in the pod spec: never on a command line.
 
-# Wait until PostgreSQL accepts connections (a new CloudNativePG cluster takes minutes).
-wait_for_database() {
+# Run a check every 5 s until it passes; give up after LIMIT tries, naming WHAT.
+wait_until() {
+    limit=$1 what=$2
+    shift 2
     tries=0
-    until pg_isready -q -h "$KIT_DB_HOST" -p 5432 -d moodle -U "$KIT_DB_USER"; do
+    until "$@"; do
         tries=$((tries + 1))
-        if [ "$tries" -ge 180 ]; then
-            echo "kit: the database at $KIT_DB_HOST did not accept connections for 15 minutes" >&2
+        if [ "$tries" -ge "$limit" ]; then
+            echo "kit: $what did not answer for $((limit * 5 / 60)) minutes" >&2
             exit 1
         fi
-        echo "kit: waiting for the database at $KIT_DB_HOST"
+        echo "kit: waiting for $what"
         sleep 5
     done
 }
 
+# Wait until PostgreSQL accepts connections (a new CloudNativePG cluster takes minutes).
+wait_for_database() {
+    wait_until 180 "the database at $KIT_DB_HOST" pg_isready -q -h "$KIT_DB_HOST" -p 5432 -d moodle -U "$KIT_DB_USER"
+}
+
 # Redis holds sessions and the application cache: configure.php needs it.
 wait_for_redis() {
-    tries=0
-    until php -r '$s = @fsockopen(getenv("KIT_REDIS_HOST"), 6379, $no, $msg, 3); exit($s ? 0 : 1);'; do
-        tries=$((tries + 1))
-        if [ "$tries" -ge 60 ]; then
-            echo "kit: Redis at $KIT_REDIS_HOST did not answer for 5 minutes" >&2
-            exit 1
-        fi
-        echo "kit: waiting for Redis at $KIT_REDIS_HOST"
-        sleep 5
-    done
+    wait_until 60 "Redis at $KIT_REDIS_HOST" \
+        php -r '$s = @fsockopen(getenv("KIT_REDIS_HOST"), 6379, $no, $msg, 3); exit($s ? 0 : 1);'
 }
 
 # Prints t when Moodle's tables exist, f when the database is empty.
