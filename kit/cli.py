@@ -119,15 +119,31 @@ def _parse_machine(spec: str) -> dict:
 
 @cli.command()
 @click.option("--users", type=int, default=None, help="Plan for this many users instead of site.yaml's.")
+@click.option("--from-report", "report", default=None, metavar="CAPACITY_JSON",
+              help="Size from a measured `kit loadtest capacity` report (CPU per request, requests per user) "
+                   "instead of rules of thumb.")
+@click.option("--machine-cpus", type=click.IntRange(1, 512), default=None,
+              help="With --from-report: cores of one hosts-target web machine (default 4, assumed).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @SITE_OPTION
-def plan(users: int | None, as_json: bool, site_path: str) -> None:
-    """Print every derived number (replicas, php-fpm, PostgreSQL...) with its reason."""
+def plan(users: int | None, report: str | None, machine_cpus: int | None, as_json: bool, site_path: str) -> None:
+    """Print every derived number (replicas, php-fpm, PostgreSQL...) with its reason.
+
+    \b
+    With --from-report, size N users from what a load test measured:
+      kit loadtest capacity --levels 10,20,30,40,50 --refine
+      kit plan --users 5000 --from-report reports/<site>/<stamp>/capacity.json
+    """
     site = _load(site_path) if Path(site_path).exists() or users is None else config.parse_site({}, site_dir=Path("."))
     if users is not None:
         if users <= 0:
             raise KitError(f"--users: must be greater than 0 (got {users})")
         site = site.model_copy(update={"users": users})
+    if report:
+        _plan_from_report(site, report, machine_cpus, as_json)
+        return
+    if machine_cpus is not None:
+        raise KitError("--machine-cpus: only with --from-report")
     tuning = sizing.plan(site)
     if as_json:
         click.echo(json.dumps(tuning.as_dict(), indent=2, sort_keys=True))
@@ -136,6 +152,31 @@ def plan(users: int | None, as_json: bool, site_path: str) -> None:
     width = max(len(k) for k, _, _ in tuning.rows())
     for key, value, reason in tuning.rows():
         click.echo(f"  {key:<{width}}  {value:>8}  {click.style(reason, dim=True)}")
+
+
+def _plan_from_report(site: config.Site, report: str, machine_cpus: int | None, as_json: bool) -> None:
+    from kit import measured
+
+    figures = measured.load_report(report)
+    host = sizing.HostResources.for_site(site)
+    result = measured.plan_for(figures, site.users, host.cpus, host.memory_mb,
+                               machine_cpus or measured.HOSTS_MACHINE_CPUS)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    costs = result["costs_ms_per_request"]
+    click.echo(f"Plan for {site.users} concurrent users from {figures.source}")
+    click.echo(f"  measured on {figures.cpus} cores: {costs['site']} ms CPU per request (php-fpm+nginx "
+               f"{costs['web']}, PostgreSQL {costs['db']}, other {costs['other']}), "
+               f"{figures.rate_per_user:.3f} requests per user per second")
+    click.echo(f"  that run: {figures.measured_users_at_slo} users met p95 <= 1 s; the model predicts "
+               f"{result['predicted_users_at_slo']} on the same host with its load generator")
+    click.echo(f"  this host ({host.cpus} cores) holds about {result['this_host_holds']} users within p95 <= 1 s")
+    for target, lines in result["targets"].items():
+        click.secho(f"target {target}:", bold=True)
+        width = max(len(what) for what, _, _ in lines)
+        for what, value, why in lines:
+            click.echo(f"  {what:<{width}}  {value:>12}  {click.style(why, dim=True)}")
 
 
 @cli.command()

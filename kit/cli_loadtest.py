@@ -13,6 +13,7 @@ from kit import config
 from kit.errors import KitError
 from kit.health import local_base_url
 from kit.loadtest import run as lt
+from kit.loadtest.resources import LevelCost, SiteMeter
 from kit.loadtest.seed import is_local_url, saved_target, seed as do_seed
 
 SITE_OPTION = click.option("--site", "site_path", default=lambda: __import__("os").environ.get("KIT_SITE", "site.yaml"),
@@ -96,6 +97,53 @@ def _prepare(site_path: str, url: str | None, target_file: str | None, yes: bool
     return site, host, host_header, target, password, out_base, name
 
 
+def _parse_levels(text: str) -> list[int]:
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise KitError(f"--levels {text!r}: use user counts separated by commas, e.g. 10,20,40") from None
+    if not levels or any(n <= 0 for n in levels) or levels != sorted(set(levels)):
+        raise KitError(f"--levels {text!r}: use increasing user counts above 0, e.g. 10,20,40")
+    return levels
+
+
+def _meter(site: config.Site | None, url: str | None) -> SiteMeter | None:
+    """Counters can be read only for this site's own containers on this host."""
+    if site is None or url is not None or site.target != "local":
+        if url is None and site is not None:
+            click.echo(f"resource figures: not measured (target {site.target}: the containers run elsewhere)")
+        return None
+    from kit.render import Names
+
+    return SiteMeter(site.name, Names(prefix=site.prefix, replicas=0, workers=0).db)
+
+
+def _site_facts(site: config.Site) -> dict:
+    """What the measured site was: the report says what its figures were measured on."""
+    from kit import sizing
+
+    tuning = sizing.plan(site)
+    return {"name": site.name, "profile": site.performance.profile, "levers": dict(tuning.levers),
+            "cpus": tuning.host.cpus, "memory_mb": tuning.host.memory_mb, "web_replicas": tuning.web_replicas,
+            "fpm_max_children": tuning.fpm_max_children, "workers": tuning.workers}
+
+
+def _print_cost(cost: LevelCost) -> None:
+    tiers = ", ".join(f"{role} {ms:.1f}" for role, ms in sorted(cost.cpu_ms_per_request.items())
+                      if role not in ("site", "load_generator"))
+    xacts = f"{cost.db_xacts_per_request:.1f}" if cost.db_xacts_per_request is not None else "-"
+    click.echo(f"cost per request: site CPU {cost.cpu_ms_per_request['site']:.1f} ms ({tiers}); "
+               f"DB transactions {xacts}; load generator {cost.cpu_ms_per_request['load_generator']:.1f} ms; "
+               f"host CPU {cost.host_cpu_pct:.0f}% of {cost.host_cpus * 100}%")
+
+
+def level_entry(result: lt.RunResult, cost: LevelCost | None) -> dict:
+    """One level of a capacity report: locust's figures and, when measured, what they cost."""
+    return {"users": result.users, "passed": result.passed, "p95_ms": result.total.p95, "p50_ms": result.total.p50,
+            "avg_ms": result.total.avg, "rps": result.total.rps, "failures": result.total.failures,
+            "requests": result.total.requests, "cost": cost.as_dict() if cost else None}
+
+
 @loadtest.command(name="run")
 @click.option("--users", type=click.IntRange(1, 100000), default=20, show_default=True, help="Concurrent users.")
 @click.option("--spawn-rate", type=float, default=5, show_default=True, help="Users started per second.")
@@ -120,8 +168,17 @@ def run_cmd(users: int, spawn_rate: float, duration: str, shape: str, peak: int,
                        users=users, spawn_rate=spawn_rate if journey == "moodle" else max(spawn_rate, users),
                        duration_s=duration_s, journey=journey, think=think, processes=processes, shape=shape,
                        peak=peak, step=step, step_time_s=step_time_s, window_s=window_s, host_header=host_header)
+    meter = _meter(site, url)
+    before = meter.snapshot() if meter else None
     result = lt.run_locust(job, parsed_slos, f"{journey} journey")
     lt.print_table(result)
+    if meter and before:
+        cost = meter.cost(before, meter.snapshot(), result.total.requests)
+        _print_cost(cost)
+        summary_file = job.out_dir / "summary.json"
+        summary = json.loads(summary_file.read_text())
+        summary["cost"], summary["site"] = cost.as_dict(), _site_facts(site)
+        summary_file.write_text(json.dumps(summary, indent=2) + "\n")
     click.echo(f"reports: {job.out_dir}/ (report.html, locust_stats.csv, summary.json)")
     if result.slo_missed:
         for missed in result.slo_missed:
@@ -134,10 +191,15 @@ def run_cmd(users: int, spawn_rate: float, duration: str, shape: str, peak: int,
 @click.option("--start", type=click.IntRange(1, 100000), default=10, show_default=True, help="First user level.")
 @click.option("--step", type=click.IntRange(1, 100000), default=10, show_default=True, help="Users added per level.")
 @click.option("--max-users", type=click.IntRange(1, 100000), default=200, show_default=True, help="Highest level tried.")
+@click.option("--levels", "levels_text", default=None, metavar="N,N,...",
+              help="Explicit user levels to try in order (instead of --start/--step/--max-users).")
+@click.option("--refine/--no-refine", default=False, show_default=True,
+              help="After a missed level, try the level halfway back (a finer answer for one more level).")
 @click.option("--step-time", default="60s", show_default=True, help="Run time per level.")
 @click.option("--spawn-rate", type=float, default=10, show_default=True)
 @_common
-def capacity(start: int, step: int, max_users: int, step_time: str, spawn_rate: float, url: str | None,
+def capacity(start: int, step: int, max_users: int, levels_text: str | None, refine: bool, step_time: str,
+             spawn_rate: float, url: str | None,
              target_file: str | None, journey: str, think: str, slos: tuple[str, ...], processes: int, yes: bool,
              site_path: str) -> None:
     """Step the load up until an SLO fails; report the highest user count that met every SLO."""
@@ -145,34 +207,49 @@ def capacity(start: int, step: int, max_users: int, step_time: str, spawn_rate: 
     step_s = lt.parse_duration(step_time)
     lt.ensure_locustfile()
     site, host, host_header, target, password, out_base, name = _prepare(site_path, url, target_file, yes)
-    levels = list(range(start, max_users + 1, step))
-    budget = len(levels) * (step_s + 20)
+    levels = _parse_levels(levels_text) if levels_text else list(range(start, max_users + 1, step))
+    meter = _meter(site, url)
+    budget = (len(levels) + refine) * (step_s + 20)
     click.secho(f"capacity search: {len(levels)} levels ({levels[0]}..{levels[-1]} users), {step_s:.0f}s each; "
                 f"at most {budget / 60:.1f} min", bold=True)
     started = time.monotonic()
     base_dir = lt.report_dir(out_base, name)
     best, results = 0, []
-    for level in levels:
+    costs: dict[int, LevelCost] = {}
+    queue = list(levels)
+    while queue:
+        level = queue.pop(0)
         job = lt.LocustJob(host=host, target_file=target, password=password, out_dir=base_dir / f"users-{level:05d}",
                            users=level, spawn_rate=spawn_rate, duration_s=step_s, journey=journey, think=think,
                            processes=processes, host_header=host_header)
+        before = meter.snapshot() if meter else None
         result = lt.run_locust(job, parsed_slos, f"level {level}")
+        if meter and before:
+            costs[level] = meter.cost(before, meter.snapshot(), result.total.requests)
         lt.print_table(result)
         results.append(result)
         if not result.passed:
             click.secho("  missed: " + "; ".join(result.slo_missed), fg="red")
+            halfway = (best + level) // 2
+            if refine and best and best < halfway < level and halfway not in {r.users for r in results}:
+                refine, queue = False, [halfway]
+                click.echo(f"  refining: trying {halfway} users")
+                continue
             break
-        best = level
+        best = max(best, level)
     elapsed = time.monotonic() - started
+    results.sort(key=lambda r: r.users)
     summary = {"capacity_users": best, "slos": [s.describe() for s in parsed_slos], "elapsed_s": round(elapsed, 1),
-               "announced_max_s": round(budget), "levels": [
-                   {"users": r.users, "passed": r.passed, "p95_ms": r.total.p95, "rps": r.total.rps,
-                    "failures": r.total.failures, "requests": r.total.requests} for r in results]}
+               "announced_max_s": round(budget), "journey": journey, "think": think,
+               "site": _site_facts(site) if meter else None,
+               "levels": [level_entry(r, costs.get(r.users)) for r in results]}
     base_dir.mkdir(parents=True, exist_ok=True)
     (base_dir / "capacity.json").write_text(json.dumps(summary, indent=2) + "\n")
-    click.echo(f"{'users':>6} {'req/s':>7} {'p95':>8} {'fails':>6}  result")
+    click.echo(f"{'users':>6} {'req/s':>7} {'p95':>8} {'fails':>6} {'site CPU/req':>13} {'host CPU':>9}  result")
     for r in results:
-        click.echo(f"{r.users:>6} {r.total.rps:>7.2f} {r.total.p95:>6.0f}ms {r.total.failures:>6}  "
+        cost = costs.get(r.users)
+        cpu = f"{cost.cpu_ms_per_request['site']:>11.1f}ms {cost.host_cpu_pct:>8.0f}%" if cost else f"{'-':>13} {'-':>9}"
+        click.echo(f"{r.users:>6} {r.total.rps:>7.2f} {r.total.p95:>6.0f}ms {r.total.failures:>6} {cpu}  "
                    f"{'ok' if r.passed else 'MISSED'}")
     click.secho(f"capacity: {best} concurrent users met {', '.join(s.describe() for s in parsed_slos)} "
                 f"(searched in {elapsed / 60:.1f} min; report {base_dir})", bold=True)

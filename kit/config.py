@@ -180,6 +180,31 @@ class KubernetesSettings(_Strict):
         return self
 
 
+LEVERS: dict[str, str] = {
+    "db_persistent_connections": "each php-fpm child keeps its PostgreSQL connection (Moodle's dbpersist) "
+                                 "instead of a new connection, TLS handshake and SCRAM login per request",
+    "db_tls_local_off": "no TLS on a database link that never leaves the host; TLS (required) where it does",
+    "redis_sessions": "sessions in Redis instead of files on shared moodledata",
+    "redis_cache": "Moodle's application cache (MUC) in Redis instead of files on shared moodledata",
+    "opcache_immutable": "opcache sized for Moodle's ~17,600 files, timestamp checks off (code is immutable "
+                         "in the image; moodledata stays uncached)",
+    "realpath_cache": "PHP's realpath cache kept 600 s instead of 120 s",
+    "fpm_sized": "php-fpm children and web replicas from CPU count and measured worker memory "
+                 "instead of Debian's 5 children",
+    "postgres_sized": "PostgreSQL memory, planner and WAL settings from `kit plan` instead of its defaults",
+}
+Lever = Literal[tuple(LEVERS)]  # type: ignore[valid-type]
+
+
+class PerformanceSettings(_Strict):
+    """The kit's tuning levers. `profile: stock` reproduces an untuned Debian 12 stack
+    (every lever off) so `benchmarks/stock_vs_tuned.py` can measure what the tuning is
+    worth; it is never meant for a real site. `levers` turns single levers on or off."""
+
+    profile: Literal["tuned", "stock"] = "tuned"
+    levers: dict[Lever, bool] = Field(default_factory=dict)
+
+
 class Site(_Strict):
     name: str = Field("moodle", pattern=r"^[a-z][a-z0-9-]{0,30}$")
     target: Literal["local", "hosts", "k8s"] = "local"
@@ -192,6 +217,7 @@ class Site(_Strict):
     scale: ScaleSettings = ScaleSettings()
     kubernetes: KubernetesSettings = KubernetesSettings()
     hosts: HostsSettings = HostsSettings()
+    performance: PerformanceSettings = PerformanceSettings()
 
     # Where the site lives on disk; not part of site.yaml.
     site_dir: Path = Field(Path("."), exclude=True)
@@ -210,6 +236,9 @@ class Site(_Strict):
     def _default_url(self) -> "Site":
         if self.target == "hosts" and not self.hosts.machines:
             raise ValueError("target hosts needs hosts.machines (each with name, address, roles)")
+        if self.target == "k8s" and self.performance != PerformanceSettings():
+            raise ValueError("performance: the Kubernetes chart always runs the tuned profile; "
+                             "remove the performance section for target k8s")
         if self.url is None and self.target == "hosts":
             edge = self.hosts.with_role("edge")[0]
             port = "" if self.http.port == 80 else f":{self.http.port}"

@@ -182,6 +182,7 @@ def driver_vars(site: Site, tuning: Tuning, images: ImageSet, files: dict[str, s
         "kit_adhoc_concurrency_limit": tuning.adhoc_concurrency_limit,
         "kit_fpm_max_children": tuning.fpm_max_children,
         "kit_redis_maxmemory_mb": tuning.redis_maxmemory_mb,
+        "kit_app_cache": "redis" if tuning.levers["redis_cache"] else "file",
         "kit_checksums": checksums,
         "kit_target": site.target,
         "kit_replicas": topo.replicas,

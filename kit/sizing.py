@@ -10,7 +10,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from kit.config import Site
+from kit.config import LEVERS, Site
 
 # Planning constants: each is a stated assumption, printed by `kit plan`.
 PHP_WORKER_MB = 80          # resident memory of one busy Moodle 4.5 php-fpm child
@@ -19,9 +19,16 @@ SERVICE_TIME_S = 0.3        # mean time a request holds a php-fpm child
 CHILDREN_PER_CPU = 8        # beyond this, children queue on CPU instead of helping
 CHILDREN_PER_REPLICA = 48   # keep one replica's pool small enough to drain quickly
 OS_RESERVE_MB = 1024
+# Debian 12's stock php-fpm pool (www.conf): what `profile: stock` and fpm_sized off run.
+DEBIAN_FPM = {"max_children": 5, "start_servers": 2, "min_spare": 1, "max_spare": 3}
 DB_RAM_SHARE = 0.25         # on one host PostgreSQL plans against a quarter of RAM
 REDIS_MB_PER_USER = 0.25
 MAX_CONN_STEP = 100         # max_connections steps: scaling inside one never restarts PostgreSQL
+
+
+def pg_needed(connections: int) -> int:
+    """max_connections for this many: rounded up to a step, so scaling within it never restarts PostgreSQL."""
+    return max(MAX_CONN_STEP, math.ceil(connections / MAX_CONN_STEP) * MAX_CONN_STEP)
 
 
 def pg_mem(kb: int) -> str:
@@ -59,6 +66,24 @@ class HostResources:
         return cls(cpus=cpus, memory_mb=memory_mb)
 
 
+INT_FIELDS = ("web_replicas", "fpm_max_children", "fpm_start_servers", "fpm_min_spare", "fpm_max_spare",
+              "php_memory_limit_mb", "opcache_memory_mb", "opcache_interned_mb", "opcache_max_files",
+              "realpath_cache_ttl_s", "workers", "adhoc_concurrency_limit", "redis_maxmemory_mb")
+
+
+def resolve_levers(site: Site) -> dict[str, bool]:
+    """Every lever on for the tuned profile, off for stock; site.yaml may flip single ones."""
+    return {name: site.performance.profile == "tuned" for name in LEVERS} | dict(site.performance.levers)
+
+
+def db_link_leaves_host(site: Site) -> bool:
+    """On hosts, Moodle reaches PostgreSQL over the network when any Moodle machine is not the DB's."""
+    if site.target != "hosts":
+        return False
+    db = site.hosts.with_role("db")[0].name
+    return any(m.name != db for role in ("web", "cron", "worker") for m in site.hosts.with_role(role))
+
+
 @dataclass
 class Tuning:
     """Every derived number, with the one-line reason `kit plan` prints beside it."""
@@ -77,6 +102,12 @@ class Tuning:
     adhoc_concurrency_limit: int
     redis_maxmemory_mb: int
     postgres: dict[str, str]
+    levers: dict[str, bool] = field(default_factory=dict)
+    fpm_static: bool = True               # pm = static: children (and their DB connections) stay up
+    db_sslmode: str = "prefer"            # libpq sslmode Moodle connects with
+    opcache_interned_mb: int = 16
+    opcache_validate_timestamps: bool = False
+    realpath_cache_ttl_s: int = 600
     reasons: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -86,18 +117,23 @@ class Tuning:
     def rows(self) -> list[tuple[str, str, str]]:
         """(setting, value, reason) rows in plan order."""
         out = []
-        for key in ("web_replicas", "fpm_max_children", "fpm_start_servers", "fpm_min_spare", "fpm_max_spare",
-                    "php_memory_limit_mb", "opcache_memory_mb", "opcache_max_files", "workers",
-                    "adhoc_concurrency_limit", "redis_maxmemory_mb"):
+        for key, on in self.levers.items():
+            out.append((f"lever.{key}", "on" if on else "off", self.reasons.get(f"lever.{key}", "")))
+        for key in INT_FIELDS:
             out.append((key, str(getattr(self, key)), self.reasons.get(key, "")))
+        for key in ("fpm_static", "db_sslmode", "opcache_validate_timestamps"):
+            out.append((key, str(getattr(self, key)).lower(), self.reasons.get(key, "")))
         for key, value in self.postgres.items():
             out.append((f"postgres.{key}", value, self.reasons.get(f"postgres.{key}", "")))
         return out
 
     def as_dict(self) -> dict:
-        data = {key: value for key, value, _ in self.rows() if not key.startswith("postgres.")}
-        data = {k: int(v) for k, v in data.items()}
+        data: dict = {key: int(getattr(self, key)) for key in INT_FIELDS}
         data["postgres"] = dict(self.postgres)
+        data["levers"] = dict(self.levers)
+        data["db_sslmode"] = self.db_sslmode
+        data["fpm_static"] = self.fpm_static
+        data["opcache_validate_timestamps"] = self.opcache_validate_timestamps
         data["host"] = {"cpus": self.host.cpus, "memory_mb": self.host.memory_mb}
         data["users"] = self.users
         return data
@@ -107,6 +143,10 @@ def plan(site: Site, host: HostResources | None = None) -> Tuning:
     host = host or HostResources.for_site(site)
     users, cpus, ram = site.users, host.cpus, host.memory_mb
     why: dict[str, str] = {}
+    levers = resolve_levers(site)
+    for name, on in levers.items():
+        source = "site.yaml performance.levers" if name in site.performance.levers else f"profile {site.performance.profile}"
+        why[f"lever.{name}"] = f"{LEVERS[name]} ({source})"
 
     # --- PHP tier -------------------------------------------------------------------
     needed = math.ceil(users * REQ_PER_USER_S * SERVICE_TIME_S * 2)
@@ -122,6 +162,9 @@ def plan(site: Site, host: HostResources | None = None) -> Tuning:
     elif site.scale.web_replicas:
         replicas = site.scale.web_replicas
         why["web_replicas"] = "set in site.yaml (scale.web_replicas)"
+    elif not levers["fpm_sized"]:
+        replicas = 1
+        why["web_replicas"] = "lever fpm_sized off: one php-fpm, as on a stock Debian host"
     else:
         replicas = max(2, math.ceil(total / CHILDREN_PER_REPLICA))
         why["web_replicas"] = (f"at least 2 so a rolling update always has one serving; "
@@ -134,12 +177,32 @@ def plan(site: Site, host: HostResources | None = None) -> Tuning:
     start = max(1, per_replica // 4)
     min_spare = max(1, per_replica // 4)
     max_spare = max(min_spare + 1, per_replica // 2)
-    why["fpm_start_servers"] = "a quarter of max_children warm at start"
-    why["fpm_min_spare"] = "a quarter of max_children kept idle for bursts"
-    why["fpm_max_spare"] = "half of max_children idle at most, the rest freed"
+    why["fpm_start_servers"] = why["fpm_min_spare"] = why["fpm_max_spare"] = "unused with pm = static"
+    why["fpm_static"] = ("pm = static: every child stays up with its opcache-warm state and its persistent "
+                         "PostgreSQL connection; a dynamic pool forks and kills children every few seconds "
+                         "as load varies, each time opening a new connection")
+    if not levers["fpm_sized"]:
+        per_replica, start, min_spare, max_spare = (DEBIAN_FPM[k] for k in
+                                                    ("max_children", "start_servers", "min_spare", "max_spare"))
+        for key in ("fpm_max_children", "fpm_start_servers", "fpm_min_spare", "fpm_max_spare", "fpm_static"):
+            why[key] = "lever fpm_sized off: Debian 12's stock www.conf pool (pm = dynamic)"
     why["php_memory_limit_mb"] = "cap for one request (reports, backups); the average is far lower"
-    why["opcache_memory_mb"] = "Moodle 4.5 code compiled: ~100 MB; 128 MB per Moodle's docs"
-    why["opcache_max_files"] = "Moodle 4.5 ships ~17,600 PHP files; every one must fit"
+    if levers["opcache_immutable"]:
+        opcache = {"opcache_memory_mb": 128, "opcache_interned_mb": 16, "opcache_max_files": 20000,
+                   "opcache_validate_timestamps": False}
+        why["opcache_memory_mb"] = "Moodle 4.5 code compiled: ~100 MB; 128 MB per Moodle's docs"
+        why["opcache_interned_mb"] = "Moodle's class and string names overflow PHP's 8 MB default"
+        why["opcache_max_files"] = "Moodle 4.5 ships ~17,600 PHP files; every one must fit"
+        why["opcache_validate_timestamps"] = ("code is immutable in the image (containers are replaced, never "
+                                              "edited): no stat per file; moodledata is never cached")
+    else:
+        opcache = {"opcache_memory_mb": 128, "opcache_interned_mb": 8, "opcache_max_files": 10000,
+                   "opcache_validate_timestamps": True}
+        for key in opcache:
+            why[key] = "lever opcache_immutable off: PHP 8.2's defaults"
+    ttl = 600 if levers["realpath_cache"] else 120
+    why["realpath_cache_ttl_s"] = ("paths never change in an immutable image" if levers["realpath_cache"]
+                                   else "lever realpath_cache off: PHP's default")
 
     # --- queued work --------------------------------------------------------------------
     if site.scale.workers is not None:
@@ -159,7 +222,7 @@ def plan(site: Site, host: HostResources | None = None) -> Tuning:
     needed_conn = total + per_replica + workers + 1 + 1 + 10
     # Rounded up to a step: scaling replicas or workers within it never restarts PostgreSQL
     # (max_connections only changes with a restart).
-    max_conn = max(MAX_CONN_STEP, math.ceil(needed_conn / MAX_CONN_STEP) * MAX_CONN_STEP)
+    max_conn = pg_needed(needed_conn)
     why["postgres.max_connections"] = (f"{total} php-fpm children + {per_replica} for the replica added during a "
                                        f"rolling update + {workers} workers + cron + 1 admin CLI + 10 headroom "
                                        f"= {needed_conn}, rounded up to a multiple of {MAX_CONN_STEP} so that "
@@ -207,15 +270,34 @@ def plan(site: Site, host: HostResources | None = None) -> Tuning:
     why["postgres.wal_compression"] = "PostgreSQL 15: cheaper WAL for full-page writes"
     pg["huge_pages"] = "try"
     why["postgres.huge_pages"] = "used when the kernel offers them, never required"
-    pg["ssl"] = "off"
-    why["postgres.ssl"] = "the database link never leaves this host's Docker network; TLS costs ~8 ms CPU per connection"
+    if not levers["postgres_sized"]:
+        # Every other setting at PostgreSQL 15's default (shared_buffers spelled out: doctor reads it).
+        pg = {"max_connections": pg["max_connections"], "shared_buffers": "128MB"}
+        why["postgres.shared_buffers"] = "lever postgres_sized off: PostgreSQL's default"
+    leaves = db_link_leaves_host(site)
+    if not levers["db_tls_local_off"]:
+        pg["ssl"], sslmode = "on", "prefer"
+        why["postgres.ssl"] = "lever db_tls_local_off off: TLS on, as Debian's package ships it"
+        why["db_sslmode"] = "libpq's default: TLS whenever the server offers it"
+    elif leaves:
+        pg["ssl"], sslmode = "on", "require"
+        why["postgres.ssl"] = "the database link leaves the machine: encrypted"
+        why["db_sslmode"] = "refuse an unencrypted link to a database on another machine"
+    elif site.target == "k8s":
+        pg["ssl"], sslmode = "on", "prefer"
+        why["postgres.ssl"] = "the database is reached over the cluster network"
+        why["db_sslmode"] = "TLS whenever the cluster's PostgreSQL offers it (CloudNativePG does)"
+    else:
+        pg["ssl"], sslmode = "off", "prefer"
+        why["postgres.ssl"] = ("the database link never leaves this host's Docker network; TLS costs ~8 ms of "
+                               "PostgreSQL CPU per new connection")
+        why["db_sslmode"] = "the server offers no TLS on this host"
     pg["synchronous_commit"] = "on"
     why["postgres.synchronous_commit"] = "durability is not a tuning lever"
 
     return Tuning(
         host=host, users=users, web_replicas=replicas, fpm_max_children=per_replica,
         fpm_start_servers=start, fpm_min_spare=min_spare, fpm_max_spare=max_spare,
-        php_memory_limit_mb=256, opcache_memory_mb=128, opcache_max_files=20000,
-        workers=workers, adhoc_concurrency_limit=adhoc_limit, redis_maxmemory_mb=redis_mb,
-        postgres=pg, reasons=why,
+        php_memory_limit_mb=256, workers=workers, adhoc_concurrency_limit=adhoc_limit, redis_maxmemory_mb=redis_mb,
+        postgres=pg, levers=levers, fpm_static=levers["fpm_sized"], db_sslmode=sslmode, realpath_cache_ttl_s=ttl, reasons=why, **opcache,
     )

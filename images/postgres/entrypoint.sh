@@ -36,5 +36,11 @@ SQL
     su postgres -s /bin/sh -c "pg_ctl -D '$PGDATA' -m fast -w stop" >/dev/null
     echo "kit: database initialised"
 fi
+# A certificate of this server's own, made once (used when postgresql.conf turns ssl on).
+if [ ! -s "$PGDATA/server.key" ]; then
+    (umask 077 && openssl req -new -x509 -days 3650 -nodes -subj "/CN=$(hostname)" \
+        -newkey rsa:2048 -keyout "$PGDATA/server.key" -out "$PGDATA/server.crt" 2>/dev/null)
+    chown postgres:postgres "$PGDATA/server.key" "$PGDATA/server.crt"
+fi
 unset KIT_DB_PASSWORD KIT_DB_USER
 exec setpriv --reuid=postgres --regid=postgres --init-groups postgres -D "$PGDATA" -c config_file=/etc/kit/postgresql.conf

@@ -46,6 +46,17 @@ def test_twenty_users_for_a_minute_without_failures(site_dir, seeded):
     assert (report / "locust_stats.csv").exists()
     for line in ("01 frontpage", "11 reply post", "14 logout", "Aggregated"):
         assert line in result.stdout
+    # What the level cost, read from the containers' cgroup counters and PostgreSQL's statistics.
+    cost = summary["cost"]
+    assert cost["requests"] == summary["total"]["requests"]
+    assert 5 < cost["cpu_ms_per_request"]["web"] < 2000, cost      # php-fpm did the work of every page
+    assert 0 < cost["cpu_ms_per_request"]["db"] < cost["cpu_ms_per_request"]["web"], cost
+    assert cost["cpu_ms_per_request"]["load_generator"] > 0, cost
+    assert cost["cpu_ms_per_request"]["site"] >= cost["cpu_ms_per_request"]["web"] + cost["cpu_ms_per_request"]["db"]
+    assert 1 <= cost["db_xacts_per_request"] < 500, cost
+    assert 10 < cost["php_worker_rss_mb"] < 500, cost
+    assert summary["site"]["levers"]["db_persistent_connections"] is True
+    assert "cost per request: site CPU" in result.stdout
 
 
 def test_impossible_slo_fails_and_names_it(site_dir, seeded):
@@ -106,6 +117,18 @@ def test_capacity_finishes_in_announced_time(site_dir, seeded):
     assert result.returncode == 0, result.stdout[-3000:]
     assert data["capacity_users"] in (5, 15, 25)
     assert f"capacity: {data['capacity_users']} concurrent users" in result.stdout
+    assert all(level["cost"]["cpu_ms_per_request"]["web"] > 0 for level in data["levels"]), data["levels"]
+
+    # The report sizes a site: measured costs, not the rules of thumb.
+    report = next(latest_report(site_dir).glob("capacity.json"))
+    planned = kit("plan", "--users", "2000", "--from-report", str(report), "--json", cwd=site_dir)
+    assert planned.returncode == 0, planned.stderr
+    plan = json.loads(planned.stdout)
+    web_ms = data["levels"][0]["cost"]["cpu_ms_per_request"]["web"]
+    assert plan["costs_ms_per_request"]["web"] >= web_ms * 0.5
+    assert plan["predicted_users_at_slo"] > 0
+    text = kit("plan", "--users", "2000", "--from-report", str(report), cwd=site_dir).stdout
+    assert "target hosts:" in text and "web machines" in text and "measured" in text and "assumed" in text
 
 
 def test_surge_shape_steps_up_to_the_peak(site_dir, seeded):

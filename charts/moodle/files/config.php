@@ -12,10 +12,12 @@ $CFG->dbuser    = getenv('KIT_DB_USER') ?: 'moodle';
 $CFG->dbpass    = getenv('KIT_DB_PASSWORD');
 $CFG->prefix    = 'mdl_';
 $CFG->dboptions = [
-    'dbpersist' => false,
+    // Each php-fpm child keeps its connection: no connect, TLS or SCRAM login per request.
+    'dbpersist' => true,
     'dbport' => 5432,
     'dbsocket' => '',
     'dbhandlesoptions' => false,
+    'ssl' => 'prefer',
 ];
 
 // One fixed wwwroot for every replica; TLS ends at the proxy when the URL is https.
@@ -32,6 +34,7 @@ $CFG->directorypermissions = 02770;
 $CFG->disableupdateautodeploy = true;
 $CFG->preventexecpath = true;
 
+
 // Sessions in Redis so any replica serves any user.
 $CFG->session_handler_class = '\core\session\redis';
 $CFG->session_redis_host = '{{ include "moodle.redis.host" . }}';
@@ -43,6 +46,7 @@ $CFG->session_redis_acquire_lock_timeout = 120;
 $CFG->session_redis_acquire_lock_retry = 100;
 $CFG->session_redis_lock_expire = 7200;
 $CFG->session_redis_serializer_use_igbinary = false;
+
 
 // Files from moodledata are sent by nginx (X-Accel-Redirect), not streamed through PHP.
 $CFG->xsendfile = 'X-Accel-Redirect';

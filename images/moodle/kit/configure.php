@@ -20,10 +20,15 @@ $wanted = [
     'clustermode' => false,
 ];
 
+// KIT_APP_CACHE=file keeps Moodle's default file store (lever redis_cache off).
+$appstore = getenv('KIT_APP_CACHE') === 'file' ? 'default_application' : $storename;
+
 $writer = cache_config_writer::instance();
 $changes = [];
 $stores = $writer->get_all_stores();
-if (!isset($stores[$storename])) {
+if ($appstore !== $storename) {
+    // Nothing to set up on Redis.
+} else if (!isset($stores[$storename])) {
     $writer->add_store_instance($storename, 'redis', $wanted);
     $changes[] = 'added Redis store';
 } else if (($stores[$storename]['configuration'] ?? []) != $wanted) {
@@ -31,18 +36,50 @@ if (!isset($stores[$storename])) {
     $changes[] = 'updated Redis store';
 }
 
+// Definitions Moodle marks canuselocalstore (language strings, course module info, HTML
+// Purifier, hook callbacks...) are keyed by revision, so a store on each container's own
+// disk is safe: they are large and read on every page, and fetching them from Redis costs
+// megabytes of transfer per request. Only when the application cache is on Redis.
+$localname = 'kit_local';
+$localwanted = ['path' => '/var/cache/moodle/muc-local', 'autocreate' => 1];
+$stores = $writer->get_all_stores();
+if ($appstore === $storename) {
+    if (!isset($stores[$localname])) {
+        $writer->add_store_instance($localname, 'file', $localwanted);
+        $changes[] = 'added local file store';
+    } else if (($stores[$localname]['configuration'] ?? []) != $localwanted) {
+        $writer->edit_store_instance($localname, 'file', $localwanted);
+        $changes[] = 'updated local file store';
+    }
+}
+$mapped = [];
+foreach ($writer->get_definition_mappings() as $mapping) {
+    $mapped[$mapping['definition']][] = $mapping['store'];
+}
+foreach ($writer->get_definitions() as $id => $definition) {
+    $local = $appstore === $storename && !empty($definition['canuselocalstore'])
+        && (int) $definition['mode'] === store::MODE_APPLICATION;
+    $have = $mapped[$id] ?? [];
+    // Mappings an administrator made by hand are left alone; only the kit's own are undone.
+    $want = $local ? [$localname] : ($have === [$localname] ? [] : $have);
+    if ($have !== $want) {
+        $writer->set_definition_mappings($id, $want);
+        $changes[] = ($local ? 'local store for ' : 'default store for ') . $id;
+    }
+}
+
 $current = [];
 foreach ($writer->get_mode_mappings() as $mapping) {
     $current[$mapping['mode']][] = $mapping['store'];
 }
 $mappings = [
-    store::MODE_APPLICATION => [$storename],
+    store::MODE_APPLICATION => [$appstore],
     store::MODE_SESSION => ['default_session'],
     store::MODE_REQUEST => ['default_request'],
 ];
-if (($current[store::MODE_APPLICATION] ?? []) !== [$storename]) {
+if (($current[store::MODE_APPLICATION] ?? []) !== [$appstore]) {
     $writer->set_mode_mappings($mappings);
-    $changes[] = 'application cache mapped to Redis';
+    $changes[] = "application cache mapped to $appstore";
 }
 
 if ($changes) {

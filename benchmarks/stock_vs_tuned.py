@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""Stock vs tuned: the same Moodle, data and journey on this host, one site after the other.
+
+    MOODLE_SRC=~/moodle-src/4.5.6 .venv/bin/python benchmarks/stock_vs_tuned.py [--levers]
+
+For each profile it runs what an operator would: `kit init`, `kit up`, `kit loadtest seed
+--size XS`, a warm-up, `kit loadtest capacity` (p95 <= 1 s, errors <= 1 %, 60 s per level)
+and a saturation run. Then it prints one table with both profiles and the ratios, and
+what `kit plan --from-report` predicts from the tuned run's report. `--levers` also
+measures each lever alone on top of the stock profile at a fixed load.
+
+Figures, not pass/fail: this is a benchmark, not a test. Load goes only to 127.0.0.1.
+Both sites are removed at the end (with their data) unless --keep.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+KIT = str(Path(sys.executable).parent / "kit")
+PROFILES = ("stock", "tuned")
+LEVERS = ("db_persistent_connections", "db_tls_local_off", "redis_sessions", "redis_cache",
+          "opcache_immutable", "realpath_cache", "fpm_sized", "postgres_sized")
+
+
+def kit(site_dir: Path, *args: str, check: bool = True) -> int:
+    """Run one kit command in the site's folder, streaming its output."""
+    print(f"\n$ kit {' '.join(args)}   (in {site_dir})", flush=True)
+    proc = subprocess.run([KIT, *args], cwd=site_dir)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"kit {' '.join(args)} failed with exit code {proc.returncode}")
+    return proc.returncode
+
+
+def newest(folder: Path, name: str, since: float) -> dict:
+    """The report file the last command wrote (reports/<site>/<stamp>/.../name)."""
+    found = [p for p in folder.rglob(name) if p.stat().st_mtime >= since]
+    if not found:
+        raise SystemExit(f"no {name} written under {folder}")
+    return json.loads(max(found, key=lambda p: p.stat().st_mtime).read_text())
+
+
+def set_performance(site_dir: Path, profile: str, levers: dict[str, bool]) -> None:
+    path = site_dir / "site.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["performance"] = {"profile": profile, **({"levers": levers} if levers else {})}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def run_level(site_dir: Path, users: int, seconds: int) -> dict:
+    started = time.time()
+    kit(site_dir, "loadtest", "run", "--users", str(users), "--duration", f"{seconds}s", "--spawn-rate", "10",
+        "--slo", "p95=1s", "--slo", "errors=1%", check=False)
+    return newest(site_dir / "reports", "summary.json", started)
+
+
+def bring_up(site_dir: Path, profile: str, args: argparse.Namespace, port: int) -> None:
+    site_dir.mkdir(parents=True, exist_ok=True)
+    if not (site_dir / "site.yaml").exists():
+        init = ["init", "--name", f"kb-{profile}", "--users", str(args.plan_users), "--bind", "127.0.0.1",
+                "--port", str(port), "--moodle-source", args.moodle_source]
+        if args.base_image:
+            init += ["--base-image", args.base_image]
+        kit(site_dir, *init)
+    set_performance(site_dir, profile, {})
+    kit(site_dir, "up")
+    kit(site_dir, "loadtest", "seed", "--size", "XS")
+    wait_queue_drained(site_dir)
+
+
+def wait_queue_drained(site_dir: Path, limit_s: float = 600) -> None:
+    """Seeding queues adhoc tasks; their CPU would be counted against the first levels."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        out = subprocess.run([KIT, "status", "--json"], cwd=site_dir, capture_output=True, text=True)
+        try:
+            due = json.loads(out.stdout)["queue"].get("due", 0)
+        except (ValueError, KeyError):
+            due = 0
+        if not due:
+            return
+        print(f"waiting for {due} queued tasks from seeding to finish", flush=True)
+        time.sleep(10)
+
+
+def measure_profile(site_dir: Path, profile: str, args: argparse.Namespace, port: int) -> dict:
+    t0 = time.monotonic()
+    bring_up(site_dir, profile, args, port)
+    print(f"\n== {profile}: warm-up (opcache, caches, connections), not counted", flush=True)
+    run_level(site_dir, 10, 30)
+    started = time.time()
+    kit(site_dir, "loadtest", "capacity", "--levels", args.levels, "--refine", "--step-time", f"{args.level_time}s",
+        "--slo", "p95=1s", "--slo", "errors=1%", check=False)
+    capacity_file = max((p for p in (site_dir / "reports").rglob("capacity.json") if p.stat().st_mtime >= started),
+                        key=lambda p: p.stat().st_mtime)
+    capacity = json.loads(capacity_file.read_text())
+    at25 = next((lv for lv in capacity["levels"] if lv["users"] == 25), None)
+    if at25 is None:
+        summary = run_level(site_dir, 25, args.level_time)
+        at25 = {"users": 25, "p95_ms": summary["total"]["p95"], "failures": summary["total"]["failures"],
+                "requests": summary["total"]["requests"]}
+    saturated = run_level(site_dir, args.saturation_users, args.saturation_time)
+    return {"profile": profile, "capacity": capacity, "capacity_file": str(capacity_file), "at25": at25,
+            "saturated": saturated, "minutes": round((time.monotonic() - t0) / 60, 1)}
+
+
+def measure_levers(site_dir: Path, args: argparse.Namespace) -> list[dict]:
+    """Each lever alone on the stock profile, at a fixed load: what it saves per request."""
+    rows = []
+    for lever in ("none", *LEVERS):
+        set_performance(site_dir, "stock", {} if lever == "none" else {lever: True})
+        kit(site_dir, "up")
+        run_level(site_dir, args.lever_users, 20)   # warm-up after the roll
+        summary = run_level(site_dir, args.lever_users, args.lever_time)
+        rows.append({"lever": lever, "summary": summary})
+    set_performance(site_dir, "stock", {})
+    return rows
+
+
+def cost(summary: dict, key: str) -> float:
+    value = (summary.get("cost") or {}).get("cpu_ms_per_request", {}).get(key)
+    return float(value) if value is not None else float("nan")
+
+
+def php_ms(summary: dict) -> float:
+    return cost(summary, "web")
+
+
+def failures(result: dict) -> int:
+    total = sum(lv["failures"] for lv in result["capacity"]["levels"])
+    return total + result["saturated"]["total"]["failures"] + (result["at25"].get("failures") or 0)
+
+
+def table(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
+    stock, tuned = results["stock"], results["tuned"]
+
+    def sat(r: dict, getter) -> float:
+        return getter(r["saturated"])
+
+    rows_spec = [
+        ("users at SLO (p95<=1s, errors<=1%)", lambda r: float(r["capacity"]["capacity_users"]), "{:.0f}", "higher"),
+        ("saturated requests/s", lambda r: sat(r, lambda s: s["total"]["rps"]), "{:.1f}", "higher"),
+        ("PHP CPU ms per request", lambda r: sat(r, php_ms), "{:.1f}", "lower"),
+        ("PostgreSQL CPU ms per request", lambda r: sat(r, lambda s: cost(s, "db")), "{:.1f}", "lower"),
+        ("DB transactions per request",
+         lambda r: float((r["saturated"].get("cost") or {}).get("db_xacts_per_request") or "nan"), "{:.1f}", "lower"),
+        ("site CPU ms per request (all containers)", lambda r: sat(r, lambda s: cost(s, "site")), "{:.1f}", "lower"),
+        ("load generator CPU ms per request", lambda r: sat(r, lambda s: cost(s, "load_generator")), "{:.1f}", "-"),
+        ("host CPU at saturation (% of 100 per core)",
+         lambda r: float((r["saturated"].get("cost") or {}).get("host_cpu_pct") or "nan"), "{:.0f}", "-"),
+        ("p95 at 25 users (ms)", lambda r: float(r["at25"]["p95_ms"]), "{:.0f}", "lower"),
+        (f"p95 at saturation (ms)", lambda r: sat(r, lambda s: s["total"]["p95"]), "{:.0f}", "lower"),
+        ("failed requests (all runs)", lambda r: float(failures(r)), "{:.0f}", "-"),
+    ]
+    rows = []
+    for label, getter, fmt, better in rows_spec:
+        a, b = getter(stock), getter(tuned)
+        ratio = "" if better == "-" or not a or a != a or b != b else f"{b / a:.2f}x"
+        rows.append((label, fmt.format(a), fmt.format(b), ratio))
+    return rows
+
+
+def print_table(rows: list[tuple[str, str, str, str]]) -> str:
+    lines = [f"| {'figure':42} | {'stock':>8} | {'tuned':>8} | {'tuned/stock':>11} |",
+             f"|{'-' * 44}|{'-' * 10}|{'-' * 10}|{'-' * 13}|"]
+    lines += [f"| {label:42} | {a:>8} | {b:>8} | {r:>11} |" for label, a, b, r in rows]
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def lever_table(rows: list[dict]) -> str:
+    base = rows[0]["summary"]
+    lines = [f"| {'lever alone on stock':28} | {'p95 ms':>7} | {'PHP ms/req':>10} | {'PG ms/req':>9} | "
+             f"{'site ms/req':>11} | {'xacts/req':>9} | {'vs stock site CPU':>17} |",
+             f"|{'-' * 30}|{'-' * 9}|{'-' * 12}|{'-' * 11}|{'-' * 13}|{'-' * 11}|{'-' * 19}|"]
+    for row in rows:
+        s = row["summary"]
+        xacts = (s.get("cost") or {}).get("db_xacts_per_request")
+        change = cost(s, "site") / cost(base, "site") - 1
+        lines.append(f"| {row['lever']:28} | {s['total']['p95']:>7.0f} | {php_ms(s):>10.1f} | {cost(s, 'db'):>9.1f} | "
+                     f"{cost(s, 'site'):>11.1f} | {xacts if xacts is not None else float('nan'):>9.1f} | "
+                     f"{change:>+16.0%} |")
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--moodle-source", default=os.environ.get("MOODLE_SRC",
+                                                                  str(Path.home() / "moodle-src" / "4.5.6")))
+    parser.add_argument("--base-image", default=None, help="Debian base image (default: the kit's default)")
+    parser.add_argument("--out", type=Path, default=Path("/var/tmp/kit-bench") / time.strftime("%Y%m%d-%H%M%S"))
+    parser.add_argument("--levels", default="10,20,25,30,40,50,60,70,80,90,100")
+    parser.add_argument("--level-time", type=int, default=60)
+    parser.add_argument("--saturation-users", type=int, default=100)
+    parser.add_argument("--saturation-time", type=int, default=90)
+    parser.add_argument("--plan-users", type=int, default=100, help="users both sites are planned for (kit init)")
+    parser.add_argument("--profiles", default=",".join(PROFILES))
+    parser.add_argument("--levers", action="store_true", help="also measure each lever alone on stock")
+    parser.add_argument("--lever-users", type=int, default=20)
+    parser.add_argument("--lever-time", type=int, default=60)
+    parser.add_argument("--keep", action="store_true", help="leave both sites running")
+    args = parser.parse_args()
+    if not Path(args.moodle_source, "version.php").exists():
+        raise SystemExit(f"{args.moodle_source}: not a Moodle folder (set MOODLE_SRC or --moodle-source)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"benchmark folder: {args.out}")
+    results: dict[str, dict] = {}
+    lever_rows: list[dict] = []
+    for index, profile in enumerate(args.profiles.split(",")):
+        site_dir = args.out / profile
+        results[profile] = measure_profile(site_dir, profile, args, 18480 + index)
+        if profile == "stock" and args.levers:
+            lever_rows = measure_levers(site_dir, args)
+        (args.out / "results.json").write_text(json.dumps({"profiles": results, "levers": lever_rows}, indent=2))
+        if not args.keep:
+            kit(site_dir, "down", "--destroy-data", "--yes", check=False)
+    text = ""
+    if set(PROFILES) <= set(results):
+        print("\n== stock vs tuned (same host, Moodle, data and journey)")
+        text = print_table(table(results))
+        tuned = results["tuned"]
+        measured = tuned["capacity"]["capacity_users"]
+        print(f"\n== kit plan --from-report {tuned['capacity_file']}")
+        proc = subprocess.run([KIT, "plan", "--from-report", tuned["capacity_file"], "--users", str(measured),
+                               "--json"], cwd=args.out / "tuned", capture_output=True, text=True)
+        if proc.returncode == 0:
+            predicted = json.loads(proc.stdout)["predicted_users_at_slo"]
+            print(f"predicted users at SLO on this host: {predicted}; measured: {measured} "
+                  f"({(predicted - measured) / measured:+.0%})")
+            text += f"\n\npredicted users at SLO: {predicted}; measured: {measured}"
+        else:
+            print(proc.stdout, proc.stderr)
+    if lever_rows:
+        print("\n== each lever alone on the stock profile, "
+              f"{args.lever_users} users for {args.lever_time}s")
+        text += "\n\n" + lever_table(lever_rows)
+    (args.out / "table.md").write_text(text + "\n")
+    print(f"\nfigures: {args.out}/results.json, {args.out}/table.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Performance levers: the stock profile renders an untuned Debian stack, the tuned one the
+kit's settings, and single levers flip exactly their own lines."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from kit.config import LEVERS, load_site
+from kit.errors import KitError
+from kit.render import driver_vars, render_files
+from kit.sizing import DEBIAN_FPM, plan
+from tests.conftest import HOST_2x24, write_site
+from tests.test_render import IMAGES
+
+
+def make(site_dir, fake_moodle, performance=None, **extra):
+    data = {"name": "lv", "users": 300, "moodle": {"source": str(fake_moodle)}, **extra}
+    if performance is not None:
+        data["performance"] = performance
+    return load_site(write_site(site_dir, data))
+
+
+def files_for(site):
+    tuning = plan(site, HOST_2x24)
+    return tuning, render_files(site, tuning)
+
+
+def pg_settings(conf: str) -> dict[str, str]:
+    return dict(re.findall(r"^(\w+) = '([^']*)'$", conf, re.M))
+
+
+def test_tuned_is_the_default_and_turns_every_lever_on(site_dir, fake_moodle):
+    tuning, files = files_for(make(site_dir, fake_moodle))
+    assert tuning.levers == {name: True for name in LEVERS}
+    assert "'dbpersist' => true," in files["config.php"]
+    assert "'ssl' => 'prefer'," in files["config.php"]
+    assert "\\core\\session\\redis" in files["config.php"]
+    assert pg_settings(files["postgresql.conf"])["ssl"] == "off"
+    assert "ssl_cert_file" not in files["postgresql.conf"]
+    assert "opcache.validate_timestamps = 0" in files["php.ini"]
+    assert "opcache.blacklist_filename = /etc/php/8.2/kit-opcache-blacklist.txt" in files["php.ini"]
+    assert "opcache.max_accelerated_files = 20000" in files["php.ini"]
+    assert "realpath_cache_ttl = 600" in files["php.ini"]
+    assert pg_settings(files["postgresql.conf"])["synchronous_commit"] == "on"
+
+
+def test_stock_profile_is_debian_untuned(site_dir, fake_moodle):
+    site = make(site_dir, fake_moodle, {"profile": "stock"})
+    tuning, files = files_for(site)
+    assert not any(tuning.levers.values())
+    assert tuning.web_replicas == 1
+    assert f"pm.max_children = {DEBIAN_FPM['max_children']}\n" in files["fpm-pool.conf"]
+    assert "'dbpersist' => false," in files["config.php"]
+    assert "session_handler_class" not in files["config.php"]          # Moodle's file sessions
+    assert tuning.postgres == {"max_connections": "100", "shared_buffers": "128MB", "ssl": "on",
+                               "synchronous_commit": "on"}
+    settings = pg_settings(files["postgresql.conf"])
+    assert {key: settings[key] for key in tuning.postgres} == tuning.postgres
+    assert "work_mem" not in settings and "random_page_cost" not in settings
+    assert "ssl_cert_file = 'server.crt'" in files["postgresql.conf"]
+    assert "opcache.validate_timestamps = 1" in files["php.ini"]
+    assert "opcache.revalidate_freq = 2" in files["php.ini"]
+    assert "opcache.max_accelerated_files = 10000" in files["php.ini"]
+    assert "blacklist" not in files["php.ini"]
+    assert "realpath_cache_ttl = 120" in files["php.ini"]
+    assert driver_vars(site, tuning, IMAGES, files)["kit_app_cache"] == "file"
+
+
+@pytest.mark.parametrize("lever", sorted(LEVERS))
+def test_one_lever_on_stock_changes_only_its_own_files(site_dir, fake_moodle, lever):
+    _, stock = files_for(make(site_dir, fake_moodle, {"profile": "stock"}))
+    site = make(site_dir, fake_moodle, {"profile": "stock", "levers": {lever: True}})
+    tuning, alone = files_for(site)
+    assert [name for name, on in tuning.levers.items() if on] == [lever]
+    owners = {"db_persistent_connections": {"config.php"}, "db_tls_local_off": {"postgresql.conf"},
+              "redis_sessions": {"config.php"}, "redis_cache": set(), "opcache_immutable": {"php.ini"},
+              "realpath_cache": {"php.ini"}, "fpm_sized": {"fpm-pool.conf"},
+              "postgres_sized": {"postgresql.conf"}}
+    changed = {name for name in stock if stock[name] != alone[name]}
+    assert changed == owners[lever]
+    if lever == "redis_cache":
+        assert driver_vars(site, tuning, IMAGES, alone)["kit_app_cache"] == "redis"
+    assert "synchronous_commit = 'on'" in alone["postgresql.conf"]
+
+
+def test_database_on_another_machine_gets_required_tls(site_dir, fake_moodle):
+    hosts = {"machines": [{"name": "data", "address": "10.0.0.10", "roles": ["edge", "db", "redis", "cron"]},
+                          {"name": "app1", "address": "10.0.0.11", "roles": ["web", "worker"]}]}
+    tuning, files = files_for(make(site_dir, fake_moodle, target="hosts", hosts=hosts))
+    assert pg_settings(files["postgresql.conf"])["ssl"] == "on"
+    assert "'ssl' => 'require'," in files["config.php"]
+    assert "'dbpersist' => true," in files["config.php"]
+    assert tuning.db_sslmode == "require"
+
+
+def test_unknown_lever_and_k8s_overrides_are_refused(site_dir, fake_moodle):
+    with pytest.raises(KitError, match="performance.levers"):
+        make(site_dir, fake_moodle, {"levers": {"turbo": True}})
+    with pytest.raises(KitError, match="Kubernetes chart always runs the tuned profile"):
+        make(site_dir, fake_moodle, {"profile": "stock"}, target="k8s")
