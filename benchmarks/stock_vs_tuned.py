@@ -27,7 +27,7 @@ import yaml
 KIT = str(Path(sys.executable).parent / "kit")
 PROFILES = ("stock", "tuned")
 LEVERS = ("db_persistent_connections", "db_tls_local_off", "redis_sessions", "redis_cache",
-          "opcache_immutable", "realpath_cache", "fpm_sized", "postgres_sized")
+          "opcache_sized", "realpath_cache", "fpm_sized", "postgres_sized")
 
 
 def kit(site_dir: Path, *args: str, check: bool = True) -> int:

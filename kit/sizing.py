@@ -68,6 +68,7 @@ class HostResources:
 
 INT_FIELDS = ("web_replicas", "fpm_max_children", "fpm_start_servers", "fpm_min_spare", "fpm_max_spare",
               "php_memory_limit_mb", "opcache_memory_mb", "opcache_interned_mb", "opcache_max_files",
+              "opcache_revalidate_s",
               "realpath_cache_ttl_s", "workers", "adhoc_concurrency_limit", "redis_maxmemory_mb")
 
 
@@ -106,7 +107,7 @@ class Tuning:
     fpm_static: bool = True               # pm = static: children (and their DB connections) stay up
     db_sslmode: str = "prefer"            # libpq sslmode Moodle connects with
     opcache_interned_mb: int = 16
-    opcache_validate_timestamps: bool = False
+    opcache_revalidate_s: int = 60
     realpath_cache_ttl_s: int = 600
     reasons: dict[str, str] = field(default_factory=dict)
 
@@ -121,7 +122,7 @@ class Tuning:
             out.append((f"lever.{key}", "on" if on else "off", self.reasons.get(f"lever.{key}", "")))
         for key in INT_FIELDS:
             out.append((key, str(getattr(self, key)), self.reasons.get(key, "")))
-        for key in ("fpm_static", "db_sslmode", "opcache_validate_timestamps"):
+        for key in ("fpm_static", "db_sslmode"):
             out.append((key, str(getattr(self, key)).lower(), self.reasons.get(key, "")))
         for key, value in self.postgres.items():
             out.append((f"postgres.{key}", value, self.reasons.get(f"postgres.{key}", "")))
@@ -133,7 +134,6 @@ class Tuning:
         data["levers"] = dict(self.levers)
         data["db_sslmode"] = self.db_sslmode
         data["fpm_static"] = self.fpm_static
-        data["opcache_validate_timestamps"] = self.opcache_validate_timestamps
         data["host"] = {"cpus": self.host.cpus, "memory_mb": self.host.memory_mb}
         data["users"] = self.users
         return data
@@ -187,19 +187,20 @@ def plan(site: Site, host: HostResources | None = None) -> Tuning:
         for key in ("fpm_max_children", "fpm_start_servers", "fpm_min_spare", "fpm_max_spare", "fpm_static"):
             why[key] = "lever fpm_sized off: Debian 12's stock www.conf pool (pm = dynamic)"
     why["php_memory_limit_mb"] = "cap for one request (reports, backups); the average is far lower"
-    if levers["opcache_immutable"]:
+    if levers["opcache_sized"]:
         opcache = {"opcache_memory_mb": 128, "opcache_interned_mb": 16, "opcache_max_files": 20000,
-                   "opcache_validate_timestamps": False}
+                   "opcache_revalidate_s": 60}
         why["opcache_memory_mb"] = "Moodle 4.5 code compiled: ~100 MB; 128 MB per Moodle's docs"
         why["opcache_interned_mb"] = "Moodle's class and string names overflow PHP's 8 MB default"
         why["opcache_max_files"] = "Moodle 4.5 ships ~17,600 PHP files; every one must fit"
-        why["opcache_validate_timestamps"] = ("code is immutable in the image (containers are replaced, never "
-                                              "edited): no stat per file; moodledata is never cached")
+        why["opcache_revalidate_s"] = ("the code is immutable in the image, but Moodle writes PHP files into "
+                                       "moodledata (class map, cache config) that must be seen within a minute; "
+                                       "timestamp checks stay on")
     else:
         opcache = {"opcache_memory_mb": 128, "opcache_interned_mb": 8, "opcache_max_files": 10000,
-                   "opcache_validate_timestamps": True}
+                   "opcache_revalidate_s": 2}
         for key in opcache:
-            why[key] = "lever opcache_immutable off: PHP 8.2's defaults"
+            why[key] = "lever opcache_sized off: PHP 8.2's defaults"
     ttl = 600 if levers["realpath_cache"] else 120
     why["realpath_cache_ttl_s"] = ("paths never change in an immutable image" if levers["realpath_cache"]
                                    else "lever realpath_cache off: PHP's default")

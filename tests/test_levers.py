@@ -38,8 +38,9 @@ def test_tuned_is_the_default_and_turns_every_lever_on(site_dir, fake_moodle):
     assert "\\core\\session\\redis" in files["config.php"]
     assert pg_settings(files["postgresql.conf"])["ssl"] == "off"
     assert "ssl_cert_file" not in files["postgresql.conf"]
-    assert "opcache.validate_timestamps = 0" in files["php.ini"]
-    assert "opcache.blacklist_filename = /etc/php/8.2/kit-opcache-blacklist.txt" in files["php.ini"]
+    assert "opcache.validate_timestamps = 1" in files["php.ini"]    # Moodle writes PHP into moodledata
+    assert "opcache.revalidate_freq = 60" in files["php.ini"]
+    assert "pm = static" in files["fpm-pool.conf"]
     assert "opcache.max_accelerated_files = 20000" in files["php.ini"]
     assert "realpath_cache_ttl = 600" in files["php.ini"]
     assert pg_settings(files["postgresql.conf"])["synchronous_commit"] == "on"
@@ -62,7 +63,7 @@ def test_stock_profile_is_debian_untuned(site_dir, fake_moodle):
     assert "opcache.validate_timestamps = 1" in files["php.ini"]
     assert "opcache.revalidate_freq = 2" in files["php.ini"]
     assert "opcache.max_accelerated_files = 10000" in files["php.ini"]
-    assert "blacklist" not in files["php.ini"]
+    assert "pm = dynamic" in files["fpm-pool.conf"]
     assert "realpath_cache_ttl = 120" in files["php.ini"]
     assert driver_vars(site, tuning, IMAGES, files)["kit_app_cache"] == "file"
 
@@ -74,7 +75,7 @@ def test_one_lever_on_stock_changes_only_its_own_files(site_dir, fake_moodle, le
     tuning, alone = files_for(site)
     assert [name for name, on in tuning.levers.items() if on] == [lever]
     owners = {"db_persistent_connections": {"config.php"}, "db_tls_local_off": {"postgresql.conf"},
-              "redis_sessions": {"config.php"}, "redis_cache": set(), "opcache_immutable": {"php.ini"},
+              "redis_sessions": {"config.php"}, "redis_cache": set(), "opcache_sized": {"php.ini"},
               "realpath_cache": {"php.ini"}, "fpm_sized": {"fpm-pool.conf"},
               "postgres_sized": {"postgresql.conf"}}
     changed = {name for name in stock if stock[name] != alone[name]}
