@@ -162,26 +162,29 @@ class MoodleStudent(MoodleUser):
                      data={"username": self.username, "password": PASSWORD, "logintoken": token}) is None:
             return
         self.think()
+        # One of the seeded discussions: replies spread, so no thread grows through the run.
+        thread = random.choice(t.get("discussions") or [{"discussion_id": t["discussion_id"],
+                                                         "reply_post_id": t["reply_post_id"]}])
         for name, path in (("04 frontpage (logged in)", "/"), ("05 course", course),
                            ("06 page activity", f"/mod/page/view.php?id={t['page_cmid']}"),
                            ("07 course again", course),
                            ("08 forum", f"/mod/forum/view.php?id={t['forum_cmid']}"),
-                           ("09 discussion", f"/mod/forum/discuss.php?d={t['discussion_id']}")):
+                           ("09 discussion", f"/mod/forum/discuss.php?d={thread['discussion_id']}")):
             if self.step(name, path) is None:
                 return
             self.think()
-        form_page = self.step("10 reply form", f"/mod/forum/post.php?reply={t['reply_post_id']}",
+        form_page = self.step("10 reply form", f"/mod/forum/post.php?reply={thread['reply_post_id']}",
                               expect="message[itemid]")
         form = pages.reply_form(form_page or "")
         if form is None:
             return
         self.think()
         reply = {
-            "course": t["course_id"], "forum": 0, "discussion": t["discussion_id"], "userid": form["userid"] or 0,
-            "groupid": 0, "edit": 0, "reply": t["reply_post_id"], "sesskey": form["sesskey"],
+            "course": t["course_id"], "forum": 0, "discussion": thread["discussion_id"], "userid": form["userid"] or 0,
+            "groupid": 0, "edit": 0, "reply": thread["reply_post_id"], "sesskey": form["sesskey"],
             "_qf__mod_forum_post_form": 1, "subject": "Re: I am the test plan reply subject",
             "message[itemid]": form["message[itemid]"], "message[format]": 1,
-            "message[text]": "I am the test plan reply message", "parent": t["reply_post_id"],
+            "message[text]": "I am the test plan reply message", "parent": thread["reply_post_id"],
             "subscribe": 1, "attachments": form["attachments"], "timestart": 0, "timeend": 0,
             "submitbutton": "Post to forum",
         }

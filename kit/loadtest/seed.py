@@ -12,6 +12,7 @@ from kit.errors import KitError
 from kit.runner import capture, run
 
 SIZES = ("XS", "S", "M", "L", "XL", "XXL")
+DISCUSSIONS = 100   # replies spread over this many, so a long run does not grow one thread
 
 
 def target_file(site: Site) -> Path:
@@ -52,6 +53,7 @@ def seed(site: Site, size: str) -> dict:
                    f"{target['users']['count']} generated users")
     # The exam quiz is checked every time (idempotent): questions may be missing.
     run(_exec(site, "php", "/opt/kit/seed_exam.php", str(target["course_id"])))
+    run(_exec(site, "php", "/opt/kit/seed_discussions.php", str(target["forum_cmid"]), str(DISCUSSIONS)))
     target = read_target(site) or target
     path = target_file(site)
     path.parent.mkdir(parents=True, exist_ok=True)

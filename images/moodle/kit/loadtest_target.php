@@ -1,7 +1,7 @@
 <?php
 // Prints, as JSON, what the load test needs from a site seeded by Moodle's generator:
 // the target course (the testcourse_N with most enrolled users, as Moodle's test plan
-// picks it), its first page and forum, the forum's first discussion, the kit's exam quiz
+// picks it), its first page and forum, the forum's discussions, the kit's exam quiz
 // (if seeded), and the generated users. Exit 3 when the site is not seeded.
 define('CLI_SCRIPT', true);
 require '/var/www/moodle/config.php';
@@ -30,7 +30,7 @@ if (!$pages || !$forums) {
 }
 $forumcm = reset($forums);
 $forum = $DB->get_record('forum', ['id' => $forumcm->instance]);
-$discussions = forum_get_discussions($forumcm, 'd.timemodified ASC', false, -1, 1);
+$discussions = $DB->get_records('forum_discussions', ['forum' => $forum->id], 'id ASC', 'id, firstpost', 0, 200);
 if (!$discussions) {
     fwrite(STDERR, "not seeded: forum has no discussion\n");
     exit(3);
@@ -49,8 +49,11 @@ echo json_encode([
     'enrolled' => (int)$course->enrolled,
     'page_cmid' => (int)reset($pages)->id,
     'forum_cmid' => (int)$forumcm->id,
-    'discussion_id' => (int)$discussion->discussion,
-    'reply_post_id' => (int)$discussion->id,
+    'discussion_id' => (int)$discussion->id,
+    'reply_post_id' => (int)$discussion->firstpost,
+    // Each user iteration replies in one of these (see seed_discussions.php).
+    'discussions' => array_values(array_map(fn($d) => ['discussion_id' => (int)$d->id,
+        'reply_post_id' => (int)$d->firstpost], $discussions)),
     'quiz_cmid' => $quizcmid,
     'users' => ['prefix' => 'tool_generator_', 'count' => (int)$users],
 ], JSON_PRETTY_PRINT) . "\n";
