@@ -6,6 +6,7 @@
 define('CLI_SCRIPT', true);
 require '/var/www/moodle/config.php';
 require_once($CFG->libdir . '/testing/generator/lib.php');
+require_once($CFG->dirroot . '/mod/forum/lib.php');
 
 $forumcmid = (int)($argv[1] ?? 0);
 $wanted = max(1, (int)($argv[2] ?? 100));
