@@ -12,7 +12,7 @@ from kit.errors import KitError
 from kit.runner import capture, run
 
 SIZES = ("XS", "S", "M", "L", "XL", "XXL")
-DISCUSSIONS = 100   # replies spread over this many, so a long run does not grow one thread
+DISCUSSIONS = 25    # replies spread over this many, so a long run does not grow one thread
 
 
 def target_file(site: Site) -> Path:
