@@ -45,7 +45,7 @@ $CFG->session_redis_prefix = 'sess_';
 $CFG->session_redis_acquire_lock_timeout = 120;
 $CFG->session_redis_acquire_lock_retry = 100;
 $CFG->session_redis_lock_expire = 7200;
-$CFG->session_redis_serializer_use_igbinary = true;   // smaller, faster sessions (php-igbinary)
+$CFG->session_redis_serializer_use_igbinary = false;   // switching it breaks every stored session key
 
 
 // Files from moodledata are sent by nginx (X-Accel-Redirect), not streamed through PHP.
