@@ -293,6 +293,13 @@ def plan(site: Site, host: HostResources | None = None) -> Tuning:
         why["postgres.ssl"] = ("the database link never leaves this host's Docker network; TLS costs ~8 ms of "
                                "PostgreSQL CPU per new connection")
         why["db_sslmode"] = "the server offers no TLS on this host"
+    if levers["db_persistent_connections"]:
+        # A replaced container's network namespace can vanish before its php-fpm children say
+        # goodbye: without keepalives PostgreSQL keeps such connections for hours and runs out of slots.
+        pg["tcp_keepalives_idle"], pg["tcp_keepalives_interval"], pg["tcp_keepalives_count"] = "60", "10", "6"
+        for key in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count"):
+            why[f"postgres.{key}"] = ("persistent connections of replaced containers are closed within 2 minutes "
+                                      "(60 s idle + 6 probes x 10 s)")
     pg["synchronous_commit"] = "on"
     why["postgres.synchronous_commit"] = "durability is not a tuning lever"
 
