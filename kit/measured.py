@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit.errors import KitError
+from kit.sizing import PHP_WORKER_MB as PHP_PEAK_MB   # a busy php-fpm child at its request's peak
 
 SLO_P95_MS = 1000.0
 HOSTS_MACHINE_CPUS = 4          # assumed size of a hosts-target web machine (override: --machine-cpus)
 K8S_POD_CPUS = 1.0              # assumed CPU request of one web pod
 FPM_HEADROOM = 2.0              # children per busy child: bursts, slow requests
+MAX_UTILISATION = 0.85          # never plan a tier busier than this, whatever the queueing model allows
 USERS_PER_WORKER = 500          # adhoc workers: a page load test does not measure queued work
 
 
@@ -59,7 +61,7 @@ class Measured:
         base = self.light_p95_ms / _delay(self.light_rho, self.cpus)
         if base >= slo_ms:
             return 0.0
-        lo, hi = 0.0, 0.9999
+        lo, hi = 0.0, MAX_UTILISATION
         for _ in range(60):
             mid = (lo + hi) / 2
             if base * _delay(mid, cores) <= slo_ms:
@@ -136,10 +138,10 @@ def plan_for(measured: Measured, users: int, host_cpus: int, host_memory_mb: int
     if cores_one_host > host_cpus:   # a bigger host queues less at the same utilisation
         rho = m.rho_at_slo(math.ceil(cores_one_host))
         cores_one_host = rps * site_ms / 1000.0 / max(rho, 0.05)
-    busy_children = rps * m.light_avg_ms / 1000.0 * _delay(rho, host_cpus)
+    busy_children = rps * m.light_avg_ms / 1000.0 * _delay(rho, max(host_cpus, math.ceil(cores_one_host))) \
+        / _delay(m.light_rho, m.cpus)
     children = max(4, math.ceil(busy_children * FPM_HEADROOM))
-    rss = m.php_worker_rss_mb or 80.0
-    php_mb = math.ceil(children * rss)
+    php_mb = math.ceil(children * PHP_PEAK_MB)
     workers = max(2, math.ceil(users / USERS_PER_WORKER))
 
     rho_machine = m.rho_at_slo(machine_cpus)
@@ -172,8 +174,10 @@ def plan_for(measured: Measured, users: int, host_cpus: int, host_memory_mb: int
                  f"modelled: {busy_children:.1f} busy (request rate x measured {m.light_avg_ms:.0f} ms mean "
                  f"response, queueing included) x{FPM_HEADROOM:g} headroom"),
                 ("PHP memory", f"{php_mb} MB",
-                 (f"measured {rss:.0f} MB per php-fpm process" if m.php_worker_rss_mb
-                  else "assumed 80 MB per php-fpm process (not in the report)") + f"; this host has {host_memory_mb} MB"),
+                 f"assumed {PHP_PEAK_MB} MB per busy php-fpm child (a request's peak; "
+                 + (f"measured {m.php_worker_rss_mb:.0f} MB resident per idle child, which is not the peak"
+                    if m.php_worker_rss_mb else "the report has no memory figure")
+                 + f"); this host has {host_memory_mb} MB"),
                 ("workers", str(workers), f"assumed: 2, +1 per {USERS_PER_WORKER} users (a page load test does not "
                                           "measure queued work)"),
             ],
@@ -202,6 +206,8 @@ def plan_for(measured: Measured, users: int, host_cpus: int, host_memory_mb: int
                      "light_utilisation": round(m.light_rho, 3), "php_worker_rss_mb": m.php_worker_rss_mb,
                      "db_xacts_per_request": m.db_xacts, "tiers_ms": {k: round(v, 2) for k, v in m.tier_ms.items()}},
         "assumed": {"queueing": "M/M/c, Sakasegawa's approximation; p95 scales with the mean",
+                    "max_utilisation": MAX_UTILISATION,
                     "hosts_machine_cpus": machine_cpus, "k8s_pod_cpus": K8S_POD_CPUS,
-                    "fpm_headroom": FPM_HEADROOM, "users_per_worker": USERS_PER_WORKER},
+                    "fpm_headroom": FPM_HEADROOM, "users_per_worker": USERS_PER_WORKER,
+                    "php_peak_mb": PHP_PEAK_MB},
     }

@@ -42,13 +42,14 @@ def test_report_figures_come_from_the_passing_levels(tmp_path):
     assert m.rate_per_user == pytest.approx(0.45)
     assert m.php_worker_rss_mb == 55.0 and m.db_xacts == 30.0
     assert m.measured_users_at_slo == 40
-    assert 0 < m.rho_at_slo(2) < m.rho_at_slo(8) < 1      # more cores queue less at the same utilisation
+    assert 0 < m.rho_at_slo(1) < m.rho_at_slo(2) <= m.rho_at_slo(8) <= 0.85   # more cores queue less; capped
+    assert m.rho_at_slo(2, slo_ms=500) < m.rho_at_slo(2)                     # a tighter SLO, less busy
 
 
 def test_cheaper_requests_and_more_cores_hold_more_users(tmp_path):
     m = load_report(report(tmp_path))
     assert m.users_at_slo(2, 100.0) > m.users_at_slo(2, 150.0)
-    assert m.users_at_slo(8, 100.0) > 4 * m.users_at_slo(2, 100.0)
+    assert m.users_at_slo(8, 100.0) >= 3.5 * m.users_at_slo(2, 100.0)   # roughly linear in cores
     predicted = plan_for(m, 40, 2, 24576)["predicted_users_at_slo"]
     assert 10 < predicted < 200
 
@@ -69,7 +70,7 @@ def test_plan_scales_with_users_on_every_target(tmp_path):
                                                        if w == "CPU cores")
     whys = [why for lines in large["targets"].values() for _, _, why in lines]
     assert any(why.startswith("measured") for why in whys) and any(why.startswith("assumed") for why in whys)
-    assert "measured 55 MB per php-fpm process" in " ".join(whys)
+    assert "measured 55 MB resident per idle child" in " ".join(whys)
 
 
 def test_bad_reports_are_one_clear_line(tmp_path):
