@@ -6,8 +6,9 @@
 For each profile it runs what an operator would: `kit init`, `kit up`, `kit loadtest seed
 --size XS`, a warm-up, `kit loadtest capacity` (p95 <= 1 s, errors <= 1 %, 60 s per level)
 and a saturation run. Then it prints one table with both profiles and the ratios, and
-what `kit plan --from-report` predicts from the tuned run's report. `--levers` also
-measures each lever alone on top of the stock profile at a fixed load.
+what `kit plan --from-report` predicts from the tuned run's report. `--levers` (or
+`--levers-only`) also measures each lever alone on top of the stock profile at a fixed
+load, then all of them (the tuned profile) on the same site.
 
 Figures, not pass/fail: this is a benchmark, not a test. Load goes only to 127.0.0.1.
 Both sites are removed at the end (with their data) unless --keep.
@@ -114,12 +115,16 @@ def measure_profile(site_dir: Path, profile: str, args: argparse.Namespace, port
 def measure_levers(site_dir: Path, args: argparse.Namespace) -> list[dict]:
     """Each lever alone on the stock profile, at a fixed load: what it saves per request."""
     rows = []
-    for lever in ("none", *LEVERS):
-        set_performance(site_dir, "stock", {} if lever == "none" else {lever: True})
+    for lever in ("none", *LEVERS, "all (tuned)"):
+        if lever == "all (tuned)":
+            set_performance(site_dir, "tuned", {})
+        else:
+            set_performance(site_dir, "stock", {} if lever == "none" else {lever: True})
         kit(site_dir, "up")
-        run_level(site_dir, args.lever_users, 20)   # warm-up after the roll
+        run_level(site_dir, args.lever_users, 15)   # warm-up after the roll
         summary = run_level(site_dir, args.lever_users, args.lever_time)
         rows.append({"lever": lever, "summary": summary})
+        (args.out / "levers.json").write_text(json.dumps(rows, indent=2))
     set_performance(site_dir, "stock", {})
     return rows
 
@@ -206,6 +211,7 @@ def main() -> None:
     parser.add_argument("--plan-users", type=int, default=100, help="users both sites are planned for (kit init)")
     parser.add_argument("--profiles", default=",".join(PROFILES))
     parser.add_argument("--levers", action="store_true", help="also measure each lever alone on stock")
+    parser.add_argument("--levers-only", action="store_true", help="only the levers, on a stock site of their own")
     parser.add_argument("--lever-users", type=int, default=20)
     parser.add_argument("--lever-time", type=int, default=60)
     parser.add_argument("--keep", action="store_true", help="leave both sites running")
@@ -216,6 +222,15 @@ def main() -> None:
     print(f"benchmark folder: {args.out}")
     results: dict[str, dict] = {}
     lever_rows: list[dict] = []
+    if args.levers_only:
+        site_dir = args.out / "levers"
+        bring_up(site_dir, "stock", args, 18490)
+        lever_rows = measure_levers(site_dir, args)
+        if not args.keep:
+            kit(site_dir, "down", "--destroy-data", "--yes", check=False)
+        print(f"\n== each lever alone on the stock profile, {args.lever_users} users for {args.lever_time}s")
+        (args.out / "levers.md").write_text(lever_table(lever_rows) + "\n")
+        return
     for index, profile in enumerate(args.profiles.split(",")):
         site_dir = args.out / profile
         results[profile] = measure_profile(site_dir, profile, args, 18480 + index)
