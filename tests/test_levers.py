@@ -100,3 +100,14 @@ def test_unknown_lever_and_k8s_overrides_are_refused(site_dir, fake_moodle):
         make(site_dir, fake_moodle, {"levers": {"turbo": True}})
     with pytest.raises(KitError, match="Kubernetes chart always runs the tuned profile"):
         make(site_dir, fake_moodle, {"profile": "stock"}, target="k8s")
+
+
+def test_moodle_containers_run_with_www_data_home():
+    """libpq reads $HOME/.postgresql/postgresql.crt when TLS is on: a HOME of /root
+    (unreadable to www-data) fails every required-TLS connection with EACCES."""
+    import yaml as _yaml
+
+    from kit import ROOT
+
+    env = _yaml.safe_load((ROOT / "playbooks" / "group_vars" / "all.yml").read_text())["kit_moodle_env"]
+    assert env["HOME"] == "/var/www"

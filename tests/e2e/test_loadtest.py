@@ -54,7 +54,7 @@ def test_twenty_users_for_a_minute_without_failures(site_dir, seeded):
     assert cost["cpu_ms_per_request"]["load_generator"] > 0, cost
     assert cost["cpu_ms_per_request"]["site"] >= cost["cpu_ms_per_request"]["web"] + cost["cpu_ms_per_request"]["db"]
     assert 1 <= cost["db_xacts_per_request"] < 500, cost
-    assert 10 < cost["php_worker_rss_mb"] < 500, cost
+    assert 1 < cost["php_worker_rss_mb"] < 500, cost        # resident memory of an idle php-fpm child
     assert summary["site"]["levers"]["db_persistent_connections"] is True
     assert "cost per request: site CPU" in result.stdout
 
