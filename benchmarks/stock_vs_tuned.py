@@ -161,7 +161,7 @@ def table(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
         ("host CPU at saturation (% of 100 per core)",
          lambda r: float((r["saturated"].get("cost") or {}).get("host_cpu_pct") or "nan"), "{:.0f}", "-"),
         ("p95 at 25 users (ms)", lambda r: float(r["at25"]["p95_ms"]), "{:.0f}", "lower"),
-        (f"p95 at saturation (ms)", lambda r: sat(r, lambda s: s["total"]["p95"]), "{:.0f}", "lower"),
+        ("p95 at saturation (ms)", lambda r: sat(r, lambda s: s["total"]["p95"]), "{:.0f}", "lower"),
         ("failed requests (all runs)", lambda r: float(failures(r)), "{:.0f}", "-"),
     ]
     rows = []

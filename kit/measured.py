@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from kit.errors import KitError
@@ -49,7 +49,6 @@ class Measured:
     php_worker_rss_mb: float | None
     db_xacts: float | None
     measured_users_at_slo: int        # what the capacity search found (for comparison only)
-    notes: list[str] = field(default_factory=list)
 
     @property
     def think_s(self) -> float:
