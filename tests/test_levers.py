@@ -75,13 +75,14 @@ def test_one_lever_on_stock_changes_only_its_own_files(site_dir, fake_moodle, le
     tuning, alone = files_for(site)
     assert [name for name, on in tuning.levers.items() if on] == [lever]
     owners = {"db_persistent_connections": {"config.php", "postgresql.conf"}, "db_tls_local_off": {"postgresql.conf"},
-              "redis_sessions": {"config.php"}, "redis_cache": set(), "opcache_sized": {"php.ini"},
+              "redis_sessions": {"config.php"}, "redis_cache": {"config.php"}, "opcache_sized": {"php.ini"},
               "realpath_cache": {"php.ini"}, "fpm_sized": {"fpm-pool.conf"},
               "postgres_sized": {"postgresql.conf"}}
     changed = {name for name in stock if stock[name] != alone[name]}
     assert changed == owners[lever]
     if lever == "redis_cache":
         assert driver_vars(site, tuning, IMAGES, alone)["kit_app_cache"] == "redis"
+        assert "muc-local/filelocks" in alone["config.php"]
     assert "synchronous_commit = 'on'" in alone["postgresql.conf"]
 
 

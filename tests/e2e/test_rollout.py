@@ -86,6 +86,18 @@ def test_sessions_and_application_cache_live_in_redis(site):
     assert "1=kit_redis" in stores.split()
 
 
+def test_local_cache_store_has_its_lock_folders_before_concurrent_requests(site):
+    """Moodle's file lock factory mkdirs lock folders without tolerating a race; config.php
+    creates all 256 up front so a fresh replica's first concurrent pages cannot fail."""
+    mapped = moodle_php("$w = cache_config_writer::instance(); foreach ($w->get_definition_mappings() as $m) "
+                        "{ echo $m['definition'], '=', $m['store'], \"\\n\"; }")
+    assert "core/coursemodinfo=kit_local" in mapped.split()
+    requests.get(f"{site.url}/", timeout=30)
+    count = sh("docker", "exec", f"kit-{SITE}-web-1", "sh", "-c",
+               "ls /var/cache/moodle/muc-local/filelocks | wc -l")
+    assert int(count) == 256
+
+
 def test_adhoc_task_runs_on_a_worker_and_web_runs_no_cron(site):
     queued_at = int(time.time())
     moodle_php("\\core\\task\\manager::queue_adhoc_task(new \\core\\task\\calendar_fix_orphaned_events());")

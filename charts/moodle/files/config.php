@@ -30,6 +30,17 @@ $CFG->dataroot      = '/var/moodledata';
 $CFG->localcachedir = '/var/cache/moodle';
 $CFG->directorypermissions = 02770;
 
+// The per-container cache store (kit_local, under localcachedir) locks with Moodle's file
+// lock factory, which creates its 256 lock folders with a bare mkdir(): the first requests
+// on a fresh replica race and one fails with "Unable to acquire a lock for caching".
+// Create them all once, before any request needs one.
+if (!is_dir('/var/cache/moodle/muc-local/filelocks/ff')) {
+    for ($kitlockdir = 0; $kitlockdir < 256; $kitlockdir++) {
+        @mkdir(sprintf('/var/cache/moodle/muc-local/filelocks/%02x', $kitlockdir), 02770, true);
+    }
+    unset($kitlockdir);
+}
+
 // Code is immutable in the image: no plugin installs or updates from the web UI.
 $CFG->disableupdateautodeploy = true;
 $CFG->preventexecpath = true;
