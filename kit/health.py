@@ -99,12 +99,15 @@ def status(site: Site) -> Status:
 
 
 def wait_ready(site: Site, timeout_s: float = 180, interval_s: float = 2) -> tuple[bool, str]:
-    """Wait for the real HTTP check to pass (after a rollout, caches warm on first hit)."""
+    """Wait until the site is what `kit status` calls ready: every container running and
+    healthy (restarted ones pass their first health check) and the real HTTP check passing
+    (after a rollout or a restore, caches warm on first hit)."""
     deadline = time.monotonic() + timeout_s
     msg = ""
     while time.monotonic() < deadline:
-        ok, msg = http_check(site)
-        if ok:
-            return True, msg
+        current = status(site)
+        if current.ready:
+            return True, current.http
+        msg = current.reason
         time.sleep(interval_s)
     return False, msg
