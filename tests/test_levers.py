@@ -74,7 +74,7 @@ def test_one_lever_on_stock_changes_only_its_own_files(site_dir, fake_moodle, le
     site = make(site_dir, fake_moodle, {"profile": "stock", "levers": {lever: True}})
     tuning, alone = files_for(site)
     assert [name for name, on in tuning.levers.items() if on] == [lever]
-    owners = {"db_persistent_connections": {"config.php", "postgresql.conf"}, "db_tls_local_off": {"postgresql.conf"},
+    owners = {"db_persistent_connections": {"config.php", "postgresql.conf", "php.ini"}, "db_tls_local_off": {"postgresql.conf"},
               "redis_sessions": {"config.php"}, "redis_cache": {"config.php"}, "opcache_sized": {"php.ini"},
               "realpath_cache": {"php.ini"}, "fpm_sized": {"fpm-pool.conf"},
               "postgres_sized": {"postgresql.conf"}}

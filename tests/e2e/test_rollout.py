@@ -64,6 +64,26 @@ def test_postgres_show_equals_plan(site):
         assert psql(f"SHOW {key}") == value, key
 
 
+def test_pages_survive_postgres_closing_every_persistent_connection(site):
+    """A database restart or restore closes every php-fpm child's persistent connection;
+    pgsql.auto_reset_persistent makes each child reconnect instead of failing one page."""
+    tuning = plan(site)
+    # php-fpm and its nginx share one network namespace; whichever holds it has the address.
+    replicas = [f"kit-{SITE}-web-{n}{suffix}" for n in range(1, tuning.web_replicas + 1) for suffix in ("", "-nginx")]
+    addresses = sh("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                   *replicas).split()
+    assert len(addresses) >= tuning.web_replicas
+    for _ in range(2 * tuning.php_children_total):   # every child opens its connection
+        requests.get(f"{site.url}/login/index.php", timeout=30)
+    in_list = ", ".join(f"'{address}'" for address in addresses)
+    killed = int(psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                      f"WHERE datname = 'moodle' AND host(client_addr) IN ({in_list})"))
+    assert killed >= 2
+    statuses = [requests.get(f"{site.url}/login/index.php", timeout=30).status_code
+                for _ in range(3 * tuning.php_children_total)]
+    assert statuses.count(200) == len(statuses), statuses
+
+
 def test_fpm_pool_has_planned_max_children(site):
     tuning = plan(site)
     for replica in range(1, tuning.web_replicas + 1):
