@@ -34,9 +34,9 @@ $CFG->directorypermissions = 02770;
 // lock factory, which creates its 256 lock folders with a bare mkdir(): the first requests
 // on a fresh replica race and one fails with "Unable to acquire a lock for caching".
 // Create them all once, before any request needs one.
-if (!is_dir('/var/cache/moodle/muc-local/filelocks/ff')) {
+if (!is_dir($CFG->localcachedir . '/muc-local/filelocks/ff')) {
     for ($kitlockdir = 0; $kitlockdir < 256; $kitlockdir++) {
-        @mkdir(sprintf('/var/cache/moodle/muc-local/filelocks/%02x', $kitlockdir), 02770, true);
+        @mkdir(sprintf('%s/muc-local/filelocks/%02x', $CFG->localcachedir, $kitlockdir), 02770, true);
     }
     unset($kitlockdir);
 }

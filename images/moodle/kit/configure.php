@@ -41,7 +41,7 @@ if ($appstore !== $storename) {
 // disk is safe: they are large and read on every page, and fetching them from Redis costs
 // megabytes of transfer per request. Only when the application cache is on Redis.
 $localname = 'kit_local';
-$localwanted = ['path' => '/var/cache/moodle/muc-local', 'autocreate' => 1];
+$localwanted = ['path' => $CFG->localcachedir . '/muc-local', 'autocreate' => 1];   // config.php makes its lock folders
 $stores = $writer->get_all_stores();
 if ($appstore === $storename) {
     if (!isset($stores[$localname])) {
