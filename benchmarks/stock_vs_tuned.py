@@ -172,6 +172,36 @@ def table(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def cpu_needed(results: dict[str, dict], users_ratio: float = 2.0, rps_ratio: float = 1.6) -> list[str]:
+    """What the asked ratios would cost in CPU at the tuned site's lowest measured cost per request.
+
+    Why: users at SLO cannot exceed what the host's cores can serve. Both figures are lower
+    bounds (the cheapest level's CPU per request, requests per user at the capacity level,
+    no kernel or Docker overhead), so "over 100 %" means the target is beyond this machine,
+    not beyond the tuning.
+    """
+    stock, tuned = results["stock"], results["tuned"]
+    cores = float(tuned["saturated"]["cost"]["host_cpus"])
+    levels = [lv for lv in tuned["capacity"]["levels"] if (lv.get("cost") or {}).get("cpu_ms_per_request")]
+    if not levels or not stock["capacity"]["capacity_users"]:
+        return []
+    best = min(levels, key=lambda lv: cost(lv, "site") + cost(lv, "load_generator"))
+    ms = cost(best, "site") + cost(best, "load_generator")
+    at_capacity = max((lv for lv in levels if lv["passed"]), key=lambda lv: lv["users"], default=best)
+    per_user = at_capacity["rps"] / at_capacity["users"]
+    users = users_ratio * stock["capacity"]["capacity_users"]
+    rps = rps_ratio * stock["saturated"]["total"]["rps"]
+    lines = []
+    for what, need_rps in ((f"{users_ratio:g}x stock's users at SLO ({users:.0f} users x {per_user:.2f} req/s "
+                            f"per user at {at_capacity['users']} users)", users * per_user),
+                           (f"{rps_ratio:g}x stock's saturated requests/s ({rps:.1f} req/s)", rps)):
+        need = need_rps * ms / 1000
+        lines.append(f"CPU needed for {what} at {ms:.0f} ms per request (site + load generator, the tuned "
+                     f"site's cheapest level, {best['users']} users): {need:.2f} of {cores:.0f} cores "
+                     f"({need / cores:.0%})")
+    return lines
+
+
 def print_table(rows: list[tuple[str, str, str, str]]) -> str:
     lines = [f"| {'figure':42} | {'stock':>8} | {'tuned':>8} | {'tuned/stock':>11} |",
              f"|{'-' * 44}|{'-' * 10}|{'-' * 10}|{'-' * 13}|"]
@@ -215,7 +245,14 @@ def main() -> None:
     parser.add_argument("--lever-users", type=int, default=20)
     parser.add_argument("--lever-time", type=int, default=60)
     parser.add_argument("--keep", action="store_true", help="leave both sites running")
+    parser.add_argument("--from-results", type=Path, metavar="RESULTS_JSON",
+                        help="print the table and the CPU check again from a finished run's results.json")
     args = parser.parse_args()
+    if args.from_results:
+        saved = json.loads(args.from_results.read_text())["profiles"]
+        print_table(table(saved))
+        print("\n".join(["", *cpu_needed(saved)]))
+        return
     if not Path(args.moodle_source, "version.php").exists():
         raise SystemExit(f"{args.moodle_source}: not a Moodle folder (set MOODLE_SRC or --moodle-source)")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -243,6 +280,9 @@ def main() -> None:
     if set(PROFILES) <= set(results):
         print("\n== stock vs tuned (same host, Moodle, data and journey)")
         text = print_table(table(results))
+        check = cpu_needed(results)
+        print("\n".join(["", *check]))
+        text += "\n\n" + "\n".join(check)
         tuned = results["tuned"]
         measured = tuned["capacity"]["capacity_users"]
         print(f"\n== kit plan --from-report {tuned['capacity_file']}")
