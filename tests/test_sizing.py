@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from kit.config import parse_site
-from kit.sizing import HostResources, pg_mem, plan
+from kit.sizing import CHILDREN_PER_CPU, MIN_CHILDREN_PER_REPLICA, HostResources, pg_mem, plan
 from kit.sizing import pg_to_kb as kb
 from tests.conftest import HOST_2x24, HOST_8x64
 
@@ -52,8 +52,14 @@ def test_more_users_never_get_fewer_resources(site_dir):
 
 def test_children_are_capped_by_cpu_on_a_small_host(site_dir):
     tuning = plan(parse_site({"users": 5000}, site_dir=site_dir), HOST_2x24)
-    assert tuning.php_children_total <= 2 * 8 + tuning.web_replicas * 4
+    assert tuning.php_children_total <= 2 * CHILDREN_PER_CPU + tuning.web_replicas * MIN_CHILDREN_PER_REPLICA
     assert "CPU" in tuning.reasons["fpm_max_children"]
+
+
+def test_two_cpus_get_three_children_per_cpu_split_over_two_replicas(site_dir):
+    # docs/performance.md: on 2 CPUs, 12 children gave p95 1.1-1.9 s at 40 users; 5-6 gave 0.67-0.75 s.
+    tuning = plan(parse_site({"users": 100}, site_dir=site_dir), HOST_2x24)
+    assert (tuning.web_replicas, tuning.fpm_max_children, tuning.php_children_total) == (2, 3, 6)
 
 
 def test_at_least_two_replicas_for_rolling_updates(site_dir):
