@@ -1,5 +1,6 @@
-"""Backups: PostgreSQL dump (custom format), moodledata archive, site config and a manifest
-of checksums, under backups/<site>/<timestamp>/. A version upgrade needs a recent one.
+"""Backups of a `local` site: PostgreSQL dump (custom format), moodledata archive, the site's
+config and secrets, and a manifest of checksums, under backups/<site>/<timestamp>/ (owner-only).
+A Moodle version upgrade needs a recent one.
 """
 from __future__ import annotations
 
@@ -7,18 +8,24 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import time
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from kit.config import Site
-from kit.errors import CommandFailed, KitError
+from kit import db
+from kit.config import Site, load_secrets
+from kit.errors import KitError, OperationFailed
 from kit.images import image_set
-from kit.runner import show
+from kit.runner import from_file, to_file
 
-RECENT_S = 24 * 3600
+if TYPE_CHECKING:
+    from kit.targets.local import LocalTarget
+
+DATA_FILES = ("db.dump", "moodledata.tar.gz")
+MOODLEDATA_SKIP = ("./cache", "./localcache", "./sessions", "./temp", "./trashdir")
 
 
 def backups_dir(site: Site) -> Path:
@@ -33,127 +40,122 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _to_file(cmd: list[str], dest: Path) -> None:
-    click.secho(f"$ {show(cmd)} > {dest.name}", fg="cyan", err=True)
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE)
-    if proc.returncode != 0:
-        dest.unlink(missing_ok=True)
-        last = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        raise CommandFailed(f"{show(cmd)} failed: {last[0]}")
-
-
-def backup(site: Site) -> Path:
+def backup(target: LocalTarget) -> Path:
     """Take a consistent database dump and a moodledata archive while the site runs."""
+    site, names = target.site, target.names
+    if site.database.external:
+        raise KitError("`kit backup` dumps the kit's own PostgreSQL; this site's database is external: back it up "
+                       "with your provider's tools")
+    load_secrets(site)
+    version = db.moodle_setting(target.monitor_db(), "version") or ""
     out = backups_dir(site) / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=False)
     os.chmod(out, 0o700)
     started = time.monotonic()
-    _to_file(["docker", "exec", "-u", "postgres", f"{site.prefix}-db", "pg_dump", "-Fc", "-d", "moodle"],
-             out / "db.dump")
-    moodle_image = image_set(site).moodle
-    _to_file(["docker", "run", "--rm", "--entrypoint", "tar", "-v", f"{site.prefix}-moodledata:/data:ro",
-              moodle_image, "-C", "/data", "--exclude=./cache", "--exclude=./localcache", "--exclude=./sessions",
-              "--exclude=./temp", "--exclude=./trashdir", "-czf", "-", "."], out / "moodledata.tar.gz")
-    shutil.copy2(site.site_dir / "site.yaml", out / "site.yaml") if (site.site_dir / "site.yaml").exists() else None
+    to_file(["docker", "exec", "-u", "postgres", names.db, "pg_dump", "-Fc", "-d", "moodle"], out / "db.dump")
+    excludes = [f"--exclude={path}" for path in MOODLEDATA_SKIP]
+    to_file(["docker", "run", "--rm", "--entrypoint", "tar", "-v", f"{names.volume('moodledata')}:/data:ro",
+             image_set(site).moodle, "-C", "/data", *excludes, "-czf", "-", "."], out / "moodledata.tar.gz")
+    for name, source in (("site.yaml", site.site_dir / "site.yaml"), ("secrets.yaml", site.secrets_file),
+                         ("identity.json", site.state_dir / "identity.json")):
+        if source.is_file():
+            shutil.copy2(source, out / name)
+            os.chmod(out / name, 0o600)
     files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(out.iterdir())}
-    version = subprocess.run(["docker", "exec", "-u", "postgres", f"{site.prefix}-db", "psql", "-d", "moodle", "-tAX",
-                              "-c", "select value from mdl_config where name = 'version'"],
-                             capture_output=True, text=True).stdout.strip()
     manifest = {"site": site.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "created_epoch": int(time.time()),
                 "moodle_version": version, "files": files, "seconds": round(time.monotonic() - started, 1)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     os.chmod(out / "manifest.json", 0o600)
-    click.echo(f"backup written to {out} ({sum(f['bytes'] for f in files.values()) / 1e6:.1f} MB "
-               f"in {manifest['seconds']}s)")
+    total = sum(f["bytes"] for f in files.values())
+    click.echo(f"backup written to {out} ({total / 1e6:.1f} MB in {manifest['seconds']}s)")
     return out
 
 
-def latest(site: Site) -> tuple[Path, float] | None:
-    """The newest backup with a manifest, and its age in seconds."""
+def _manifest(folder: Path) -> dict[str, Any] | None:
+    path = folder / "manifest.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def latest(site: Site) -> tuple[Path, datetime] | None:
+    """The newest backup with a readable manifest, and when it was taken."""
     folder = backups_dir(site)
-    if not folder.exists():
+    if not folder.is_dir():
         return None
     for candidate in sorted(folder.iterdir(), reverse=True):
-        manifest = candidate / "manifest.json"
-        if manifest.exists():
-            created = json.loads(manifest.read_text()).get("created_epoch", 0)
-            return candidate, time.time() - created
+        manifest = _manifest(candidate)
+        if manifest is not None and isinstance(manifest.get("created_epoch"), int):
+            return candidate, datetime.fromtimestamp(manifest["created_epoch"], timezone.utc)
     return None
 
 
-def require_recent(site: Site, take_now: bool) -> Path:
-    if take_now:
-        return backup(site)
-    found = latest(site)
-    if found is None or found[1] > RECENT_S:
-        when = "none exists" if found is None else f"the newest is {found[1] / 3600:.0f} h old"
-        raise KitError(f"a Moodle version upgrade needs a backup from the last 24 h ({when}): "
-                       "run `kit backup` or pass --backup-now")
-    return found[0]
-
-
-def verify(folder: Path) -> dict:
-    """Check a backup before anything is changed: manifest, checksums, dump readable."""
+def verify(folder: Path) -> dict[str, Any]:
+    """Check a backup before anything is changed: manifest, checksums. One line per problem."""
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file():
         raise KitError(f"{folder}: no manifest.json: not a kit backup")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise KitError(f"{manifest_path}: unreadable manifest ({exc.msg})") from None
-    for name in ("db.dump", "moodledata.tar.gz"):
-        entry = manifest.get("files", {}).get(name)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise KitError(f"{manifest_path}: unreadable manifest ({getattr(exc, 'msg', type(exc).__name__)}); "
+                       "nothing was changed") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        raise KitError(f"{manifest_path}: malformed manifest (no files list); nothing was changed")
+    for name in DATA_FILES:
+        entry = files.get(name)
         path = folder / name
-        if entry is None or not path.is_file():
-            raise KitError(f"{folder}: {name} is missing from the backup")
+        if not path.is_file() or not isinstance(entry, dict):
+            raise KitError(f"{folder}: {name} is missing from the backup; nothing was changed")
+        if not isinstance(entry.get("bytes"), int) or not isinstance(entry.get("sha256"), str):
+            raise KitError(f"{manifest_path}: malformed entry for {name}; nothing was changed")
         if path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
             raise KitError(f"{path}: checksum does not match the manifest: the file is corrupted; "
                            "use another backup (nothing was changed)")
+    if not isinstance(manifest.get("moodle_version"), str):
+        raise KitError(f"{manifest_path}: malformed manifest (no moodle_version); nothing was changed")
     return manifest
 
 
-def restore(site: Site, folder: Path) -> dict:
+def restore(target: LocalTarget, folder: Path) -> dict[str, Any]:
     """Replace the site's database and moodledata with a verified backup (site must be up)."""
+    site, names = target.site, target.names
     manifest = verify(folder)
-    db, web = f"{site.prefix}-db", f"{site.prefix}-web-1"
-    moodle_image = image_set(site).moodle
+    if site.database.external:
+        raise KitError("`kit restore` restores the kit's own PostgreSQL; this site's database is external")
+    engine = target.engine
+    admin = target.database("admin")
     # The dump's own table of contents must read before the database is touched.
-    check = subprocess.run(["docker", "exec", "-i", db, "pg_restore", "--list"], stdin=(folder / "db.dump").open("rb"),
-                           capture_output=True)
-    if check.returncode != 0:
+    if from_file(["docker", "exec", "-i", names.db, "pg_restore", "--list"], folder / "db.dump",
+                 quiet_output=True) != 0:
         raise KitError(f"{folder / 'db.dump'}: pg_restore cannot read it: nothing was changed")
-    tasks = [c for c in (f"{site.prefix}-cron",) + tuple(f"{site.prefix}-worker-{i}" for i in range(1, 65))]
-    running = subprocess.run(["docker", "ps", "--format", "{{.Names}}"], capture_output=True, text=True).stdout.split()
-    stopped = [c for c in tasks if c in running]
-    from kit.runner import run
-
-    run(["docker", "exec", "-u", "www-data", web, "php", "admin/cli/maintenance.php", "--enable"])
-    if stopped:
-        run(["docker", "stop", *stopped])
+    running = {c.name for c in target.containers() if c.state == "running"}
+    tasks = [name for name in (names.cron, *(c.name for c in target.containers() if c.role == "worker"))
+             if name in running]
+    target.moodle_cli(["admin/cli/maintenance.php", "--enable"])
+    engine.stop(tasks)
     try:
-        run(["docker", "exec", "-u", "postgres", db, "psql", "-q", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c",
-             "DROP DATABASE IF EXISTS moodle WITH (FORCE)", "-c",
-             "CREATE DATABASE moodle OWNER moodle ENCODING 'UTF8' TEMPLATE template0"])
-        click.secho(f"$ docker exec -i {db} pg_restore ... < db.dump", fg="cyan", err=True)
-        with (folder / "db.dump").open("rb") as dump:
-            proc = subprocess.run(["docker", "exec", "-i", "-u", "postgres", db, "pg_restore", "-d", "moodle",
-                                   "--no-owner", "--role=moodle", "--exit-on-error"], stdin=dump)
-        if proc.returncode != 0:
-            raise KitError("pg_restore failed: the site stays in maintenance mode; see the output above")
-        click.secho("$ docker run ... tar -xzf moodledata.tar.gz (moodledata replaced)", fg="cyan", err=True)
-        with (folder / "moodledata.tar.gz").open("rb") as archive:
-            proc = subprocess.run(
-                ["docker", "run", "--rm", "-i", "--entrypoint", "sh", "-v", f"{site.prefix}-moodledata:/data",
-                 moodle_image, "-c",
-                 "find /data -mindepth 1 -maxdepth 1 ! -name climaintenance.html -exec rm -rf {} + "
-                 "&& tar -xzf - -C /data && chown -R www-data:www-data /data"], stdin=archive)
-        if proc.returncode != 0:
-            raise KitError("moodledata restore failed: the site stays in maintenance mode")
-        run(["docker", "exec", "-u", "www-data", web, "php", "admin/cli/purge_caches.php"])
+        with admin.connect() as conn:
+            conn.execute("drop database if exists moodle with (force)")
+            conn.execute("create database moodle owner moodle encoding 'UTF8' template template0")
+        if from_file(["docker", "exec", "-i", "-u", "postgres", names.db, "pg_restore", "-d", "moodle", "--no-owner",
+                      "--no-privileges", "--role=moodle", "--exit-on-error"], folder / "db.dump") != 0:
+            raise OperationFailed("pg_restore failed: the site stays in maintenance mode; see the output above")
+        if from_file(["docker", "run", "--rm", "-i", "--entrypoint", "sh", "-v", f"{names.volume('moodledata')}:/data",
+                      image_set(site).moodle, "-c",
+                      "find /data -mindepth 1 -maxdepth 1 ! -name climaintenance.html -exec rm -rf {} + "
+                      "&& tar -xzf - -C /data && chown -R www-data:www-data /data"],
+                     folder / "moodledata.tar.gz", what="moodledata.tar.gz (moodledata replaced)") != 0:
+            raise OperationFailed("moodledata restore failed: the site stays in maintenance mode")
+        restored = db.owner_setting(target.database("owner"), "version")
+        if restored != manifest["moodle_version"]:
+            raise OperationFailed(f"the restored database says Moodle version {restored}, the manifest "
+                                  f"{manifest['moodle_version']}: the site stays in maintenance mode")
+        target.moodle_cli(["admin/cli/purge_caches.php"])
     finally:
-        if stopped:
-            run(["docker", "start", *stopped], check=False)
-    run(["docker", "exec", "-u", "www-data", web, "php", "admin/cli/maintenance.php", "--disable"])
+        engine.start(tasks)
+    target.moodle_cli(["admin/cli/maintenance.php", "--disable"])
     return manifest

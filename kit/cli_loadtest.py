@@ -9,12 +9,12 @@ from urllib.parse import urlparse
 
 import click
 
-from kit import config
-from kit.errors import KitError
-from kit.health import local_base_url
+from kit import config, identity
+from kit.errors import KitError, OperationFailed, UsageError
 from kit.loadtest import run as lt
 from kit.loadtest.resources import LevelCost, SiteMeter
 from kit.loadtest.seed import is_local_url, saved_target, seed as do_seed
+from kit.targets import Target, target_for
 
 SITE_OPTION = click.option("--site", "site_path", default=lambda: __import__("os").environ.get("KIT_SITE", "site.yaml"),
                            show_default="site.yaml or $KIT_SITE", help="The site config file.")
@@ -38,9 +38,15 @@ def loadtest() -> None:
 @SITE_OPTION
 def seed(size: str, site_path: str) -> None:
     """Create test users and courses with Moodle's generator (idempotent) and the kit's exam quiz."""
-    site = config.load_site(site_path)
-    config.ensure_secrets(site)
-    do_seed(site, size.upper())
+    target = _owned(site_path, "loadtest seed")
+    config.load_secrets(target.site)
+    do_seed(target, size.upper())
+
+
+def _owned(site_path: str, command: str) -> Target:
+    target = target_for(config.load_site(site_path))
+    identity.check(target.site, target.found(), command=command)
+    return target
 
 
 def _common(func):
@@ -66,12 +72,14 @@ def _common(func):
 def _prepare(site_path: str, url: str | None, target_file: str | None, yes: bool):
     """Resolve target URL, target data and password; refuse a remote target without consent."""
     site = None
+    target = None
     if Path(site_path).exists():
         site = config.load_site(site_path)
     if url is None:
         if site is None:
             raise KitError(f"{site_path} not found: pass --url and --target-file to load-test any Moodle")
-        host, host_header = local_base_url(site), urlparse(site.url).netloc
+        target = _owned(site_path, "loadtest")
+        host, host_header = target.local_url(), urlparse(site.url).netloc
     else:
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -82,9 +90,9 @@ def _prepare(site_path: str, url: str | None, target_file: str | None, yes: bool
             raise KitError(f"{host} is not this host: pass --yes to load-test it (never production by accident)")
         click.confirm(f"{host} is not this host. Really send load to it?", abort=True, default=False)
     if target_file:
-        target = Path(target_file)
+        target_path = Path(target_file)
     elif site is not None:
-        target = saved_target(site)
+        target_path = saved_target(site)
     else:
         raise KitError("--target-file is required without a site.yaml")
     password = lt.default_env_password()
@@ -94,28 +102,25 @@ def _prepare(site_path: str, url: str | None, target_file: str | None, yes: bool
         password = config.load_secrets(site)["loadtest_password"]
     out_base = site.site_dir if site else Path.cwd()
     name = site.name if site else (urlparse(host).hostname or "site")
-    return site, host, host_header, target, password, out_base, name
+    return site, target, host, host_header, target_path, password, out_base, name
 
 
 def _parse_levels(text: str) -> list[int]:
     try:
         levels = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise KitError(f"--levels {text!r}: use user counts separated by commas, e.g. 10,20,40") from None
+        raise UsageError(f"--levels {text!r}: use user counts separated by commas, e.g. 10,20,40") from None
     if not levels or any(n <= 0 for n in levels) or levels != sorted(set(levels)):
-        raise KitError(f"--levels {text!r}: use increasing user counts above 0, e.g. 10,20,40")
+        raise UsageError(f"--levels {text!r}: use increasing user counts above 0, e.g. 10,20,40")
     return levels
 
 
-def _meter(site: config.Site | None, url: str | None) -> SiteMeter | None:
+def _meter(site: config.Site | None, target: Target | None, url: str | None) -> SiteMeter | None:
     """Counters can be read only for this site's own containers on this host."""
-    if site is None or url is not None or site.target != "local":
-        if url is None and site is not None:
-            click.echo(f"resource figures: not measured (target {site.target}: the containers run elsewhere)")
-        return None
-    from kit.render import Names
-
-    return SiteMeter(site.name, Names(prefix=site.prefix, replicas=0, workers=0).db)
+    meter = target.meter() if target is not None and url is None else None
+    if meter is None and url is None and site is not None:
+        click.echo(f"resource figures: not measured (target {site.target}: the containers run elsewhere)")
+    return meter
 
 
 def _site_facts(site: config.Site) -> dict:
@@ -161,14 +166,15 @@ def run_cmd(users: int, spawn_rate: float, duration: str, shape: str, peak: int,
     parsed_slos = [lt.parse_slo(s) for s in slos]
     duration_s, step_time_s, window_s = (lt.parse_duration(d) for d in (duration, step_time, window))
     lt.ensure_locustfile()
-    site, host, host_header, target, password, out_base, name = _prepare(site_path, url, target_file, yes)
+    site, target, host, host_header, target_path, password, out_base, name = _prepare(site_path, url, target_file,
+                                                                                       yes)
     if journey == "exam":
         duration_s = max(duration_s, window_s + 60)
-    job = lt.LocustJob(host=host, target_file=target, password=password, out_dir=lt.report_dir(out_base, name),
+    job = lt.LocustJob(host=host, target_file=target_path, password=password, out_dir=lt.report_dir(out_base, name),
                        users=users, spawn_rate=spawn_rate if journey == "moodle" else max(spawn_rate, users),
                        duration_s=duration_s, journey=journey, think=think, processes=processes, shape=shape,
                        peak=peak, step=step, step_time_s=step_time_s, window_s=window_s, host_header=host_header)
-    meter = _meter(site, url)
+    meter = _meter(site, target, url)
     before = meter.snapshot() if meter else None
     result = lt.run_locust(job, parsed_slos, f"{journey} journey")
     lt.print_table(result)
@@ -182,8 +188,8 @@ def run_cmd(users: int, spawn_rate: float, duration: str, shape: str, peak: int,
     click.echo(f"reports: {job.out_dir}/ (report.html, locust_stats.csv, summary.json)")
     if result.slo_missed:
         for missed in result.slo_missed:
-            click.secho(f"SLO {missed}", fg="red", err=True)
-        raise KitError("SLO missed: " + "; ".join(result.slo_missed))
+            click.secho(f"SLO {missed}", fg="red")
+        raise OperationFailed("SLO missed: " + "; ".join(result.slo_missed))
     click.secho("all SLOs met: " + ", ".join(s.describe() for s in parsed_slos), fg="green")
 
 
@@ -206,9 +212,10 @@ def capacity(start: int, step: int, max_users: int, levels_text: str | None, ref
     parsed_slos = [lt.parse_slo(s) for s in slos]
     step_s = lt.parse_duration(step_time)
     lt.ensure_locustfile()
-    site, host, host_header, target, password, out_base, name = _prepare(site_path, url, target_file, yes)
+    site, target, host, host_header, target_path, password, out_base, name = _prepare(site_path, url, target_file,
+                                                                                       yes)
     levels = _parse_levels(levels_text) if levels_text else list(range(start, max_users + 1, step))
-    meter = _meter(site, url)
+    meter = _meter(site, target, url)
     budget = (len(levels) + refine) * (step_s + 20)
     click.secho(f"capacity search: {len(levels)} levels ({levels[0]}..{levels[-1]} users), {step_s:.0f}s each; "
                 f"at most {budget / 60:.1f} min", bold=True)
@@ -219,7 +226,7 @@ def capacity(start: int, step: int, max_users: int, levels_text: str | None, ref
     queue = list(levels)
     while queue:
         level = queue.pop(0)
-        job = lt.LocustJob(host=host, target_file=target, password=password, out_dir=base_dir / f"users-{level:05d}",
+        job = lt.LocustJob(host=host, target_file=target_path, password=password, out_dir=base_dir / f"users-{level:05d}",
                            users=level, spawn_rate=spawn_rate, duration_s=step_s, journey=journey, think=think,
                            processes=processes, host_header=host_header)
         before = meter.snapshot() if meter else None
@@ -254,4 +261,4 @@ def capacity(start: int, step: int, max_users: int, levels_text: str | None, ref
     click.secho(f"capacity: {best} concurrent users met {', '.join(s.describe() for s in parsed_slos)} "
                 f"(searched in {elapsed / 60:.1f} min; report {base_dir})", bold=True)
     if best == 0:
-        raise KitError(f"no level met the SLOs, not even {levels[0]} users")
+        raise OperationFailed(f"no level met the SLOs, not even {levels[0]} users")

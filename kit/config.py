@@ -21,7 +21,8 @@ DEFAULT_SITE_FILE = "site.yaml"
 DEFAULT_MOODLE_GIT = "https://github.com/moodle/moodle.git"
 DEFAULT_MOODLE_REF = "v4.5.6"
 OFFICIAL_BASE_IMAGE = "debian:bookworm-slim"
-SECRET_KEYS = ("db_password", "redis_password", "admin_password", "loadtest_password")
+SECRET_KEYS = ("db_password", "db_admin_password", "monitor_password", "redis_password", "admin_password",
+               "loadtest_password")
 
 
 class _Strict(BaseModel):
@@ -205,6 +206,85 @@ class PerformanceSettings(_Strict):
     levers: dict[Lever, bool] = Field(default_factory=dict)
 
 
+def normalise_url(value: str) -> str:
+    """Moodle's wwwroot: http(s)://host[:port], nothing else. An internationalised host is
+    converted to its ASCII (IDNA) form, because Moodle compares wwwroot byte for byte."""
+    import idna
+
+    if value != value.strip() or any(ch.isspace() for ch in value):
+        raise ValueError(f"must not contain spaces (got {value!r})")
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"must be http(s)://host[:port] (got {value!r})")
+    if "@" in parsed.netloc:
+        raise ValueError("must not contain a user name or password (user:pw@): Moodle's wwwroot is public")
+    if parsed.query or value.rstrip("/").endswith("?") or parsed.fragment or "#" in value:
+        raise ValueError(f"must not have a ?query or #fragment (got {value!r})")
+    if parsed.path not in ("", "/"):
+        raise ValueError(f"must be http(s)://host[:port] without a path (got {value!r})")
+    try:
+        port = parsed.port
+    except ValueError:
+        raise ValueError(f"port must be a number from 1 to 65535 (got {value!r})") from None
+    if port == 0:
+        raise ValueError(f"port must be a number from 1 to 65535 (got {value!r})")
+    host = parsed.hostname or ""
+    if host.startswith("[") or ":" in host:
+        ascii_host = host
+    else:
+        import ipaddress
+
+        try:
+            ascii_host = str(ipaddress.ip_address(host))
+        except ValueError:
+            try:
+                ascii_host = idna.encode(host, uts46=True).decode("ascii")
+            except idna.IDNAError as exc:
+                raise ValueError(f"host {host!r} is not a valid DNS name ({exc})") from None
+    netloc = f"[{ascii_host}]" if ":" in ascii_host else ascii_host
+    if port is not None:
+        netloc += f":{port}"
+    return f"{parsed.scheme}://{netloc}"
+
+
+class DatabaseSettings(_Strict):
+    """Where Moodle's PostgreSQL is: run by the kit (default), or external (managed, yours)."""
+
+    external: str | None = Field(None, description="DSN of an external PostgreSQL, e.g. "
+                                 "postgresql://moodle@db.example.edu:5432/moodle?sslmode=require "
+                                 "(no password: it is kept in the secrets file)")
+    monitor_user: str = Field("kit_monitor", pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+                              description="read-only role (pg_monitor) for status, doctor and cost figures")
+
+    @field_validator("external")
+    @classmethod
+    def _dsn(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parsed = urlparse(value)
+        if parsed.scheme not in ("postgresql", "postgres") or not parsed.hostname or not parsed.username:
+            raise ValueError(f"must be postgresql://USER@HOST[:PORT]/DBNAME (got {value!r})")
+        if parsed.password is not None:
+            raise ValueError("must not contain the password: `kit init --db-password-stdin` keeps it in the "
+                             "secrets file")
+        try:
+            parsed.port
+        except ValueError:
+            raise ValueError(f"port must be a number from 1 to 65535 (got {value!r})") from None
+        return value
+
+    def external_parts(self) -> dict[str, str | int]:
+        """host, port, dbname, user and sslmode of the external DSN."""
+        from urllib.parse import parse_qs
+
+        assert self.external is not None
+        parsed = urlparse(self.external)
+        query = parse_qs(parsed.query)
+        return {"host": parsed.hostname or "", "port": parsed.port or 5432,
+                "dbname": parsed.path.lstrip("/") or "moodle", "user": parsed.username or "moodle",
+                "sslmode": query.get("sslmode", ["prefer"])[0]}
+
+
 class Site(_Strict):
     name: str = Field("moodle", pattern=r"^[a-z][a-z0-9-]{0,30}$")
     target: Literal["local", "hosts", "k8s"] = "local"
@@ -218,6 +298,7 @@ class Site(_Strict):
     kubernetes: KubernetesSettings = KubernetesSettings()
     hosts: HostsSettings = HostsSettings()
     performance: PerformanceSettings = PerformanceSettings()
+    database: DatabaseSettings = DatabaseSettings()
 
     # Where the site lives on disk; not part of site.yaml.
     site_dir: Path = Field(Path("."), exclude=True)
@@ -225,12 +306,7 @@ class Site(_Strict):
     @field_validator("url")
     @classmethod
     def _url_is_http(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        parsed = urlparse(value)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.path not in ("", "/"):
-            raise ValueError(f"must be http(s)://host[:port] without a path (got {value!r})")
-        return value.rstrip("/")
+        return None if value is None else normalise_url(value)
 
     @model_validator(mode="after")
     def _default_url(self) -> "Site":
@@ -239,6 +315,14 @@ class Site(_Strict):
         if self.target == "k8s" and self.performance != PerformanceSettings():
             raise ValueError("performance: the Kubernetes chart always runs the tuned profile; "
                              "remove the performance section for target k8s")
+        if self.database.external and self.target == "k8s":
+            raise ValueError("database.external is for targets local and hosts; on k8s set kubernetes.database: "
+                             "external and kubernetes.database_host")
+        if self.url is not None and self.target != "k8s" and self.url.startswith("http://"):
+            port = urlparse(self.url).port or 80
+            if port != self.http.port:
+                raise ValueError(f"url {self.url} is served on port {port}, but the edge publishes http.port "
+                                 f"{self.http.port}: make them the same (or use the https:// URL of your proxy)")
         if self.url is None and self.target == "hosts":
             edge = self.hosts.with_role("edge")[0]
             port = "" if self.http.port == 80 else f":{self.http.port}"
@@ -314,17 +398,38 @@ def parse_site(data: object, *, site_dir: Path, source: str = DEFAULT_SITE_FILE)
     return site
 
 
+def _decode(site_file: Path, raw: bytes) -> str:
+    """site.yaml's text: UTF-8 only (YAML's own rule), refused in one line otherwise."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise KitError(f"{site_file}: saved as UTF-16: save it as UTF-8 (e.g. `iconv -f UTF-16 -t UTF-8`)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise KitError(f"{site_file}: line {line}: not UTF-8 (byte 0x{raw[exc.start]:02x}): save it as UTF-8 "
+                       "(e.g. `iconv -f latin1 -t UTF-8`)") from None
+
+
 def load_site(path: str | os.PathLike = DEFAULT_SITE_FILE) -> Site:
     site_file = Path(path)
     if not site_file.exists():
         raise KitError(f"{site_file}: not found (run `kit init` first, or pass --site PATH)")
+    if not site_file.is_file():
+        raise KitError(f"{site_file}: not a file (pass --site PATH to a site.yaml)")
     try:
-        data = yaml.safe_load(site_file.read_text())
+        text = _decode(site_file, site_file.read_bytes())
+    except OSError as exc:
+        raise KitError(f"{site_file}: cannot be read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise KitError(f"{site_file}:{where}: malformed YAML: {problem}") from None
+    if data is None:
+        raise KitError(f"{site_file}: has no settings (empty, or only comments): run `kit init --force` to write "
+                       "one, or add at least `name:`")
     return parse_site(data, site_dir=site_file.resolve().parent, source=str(site_file))
 
 
@@ -338,38 +443,82 @@ def dump_site(site: Site) -> str:
 # --- secrets ---------------------------------------------------------------------------
 
 def write_private(path: Path, text: str) -> None:
+    """Owner-only, written whole (a crash never leaves half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
-    os.chmod(path, 0o600)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
 
 
-def ensure_secrets(site: Site) -> dict[str, str]:
-    """Load the site's secrets, generating any that are missing (never defaulted)."""
+def secret_keys(site: Site) -> tuple[str, ...]:
+    """The secrets this site needs (an external database has no admin login of ours)."""
+    if site.database.external or site.target == "k8s":
+        return tuple(k for k in SECRET_KEYS if k != "db_admin_password")
+    return SECRET_KEYS
+
+
+def _restore_hint(site: Site) -> str:
+    from kit import backup
+
+    newest = backup.latest(site)
+    if newest is not None and (newest[0] / "secrets.yaml").is_file():
+        return f"restore it from the newest backup: cp {newest[0] / 'secrets.yaml'} {site.secrets_file}"
+    return (f"restore {site.secrets_file} from a copy of this folder; if the site was never rolled out, "
+            "`kit init --force` makes new ones")
+
+
+def _read_secrets(site: Site) -> dict[str, str]:
     path = site.secrets_file
-    current: dict[str, str] = {}
-    if path.exists():
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise KitError(f"{path}: permissions {oct(mode)} let others read secrets; run `chmod 600 {path}`")
-        current = yaml.safe_load(path.read_text()) or {}
-    missing = [k for k in SECRET_KEYS if not current.get(k)]
-    if missing:
-        for key in missing:
-            current[key] = pysecrets.token_urlsafe(24)
-        write_private(path, yaml.safe_dump(current, sort_keys=True))
-    return current
-
-
-def update_secret(site: Site, key: str, value: str) -> None:
-    current = ensure_secrets(site)
-    current[key] = value
-    write_private(site.secrets_file, yaml.safe_dump(current, sort_keys=True))
+    if not path.exists():
+        raise KitError(f"{path}: missing: the kit never makes new passwords for an existing site; "
+                       f"{_restore_hint(site)}")
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise KitError(f"{path}: permissions {oct(mode)} let others read secrets; run `chmod 600 {path}`")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise KitError(f"{path}: corrupt (not valid YAML); {_restore_hint(site)}") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise KitError(f"{path}: corrupt (expected key: value lines of text); {_restore_hint(site)}")
+    return data
 
 
 def load_secrets(site: Site) -> dict[str, str]:
-    if not site.secrets_file.exists():
-        raise KitError(f"{site.secrets_file}: no secrets for site {site.name!r}; run `kit init` or `kit render`")
-    return ensure_secrets(site)
+    """The site's secrets, as `kit init` (or `kit secrets rotate`) wrote them. Never generates
+    one: a container given a new password that PostgreSQL or Redis does not know breaks the site."""
+    current = _read_secrets(site)
+    missing = [k for k in secret_keys(site) if not current.get(k)]
+    if missing:
+        raise KitError(f"{site.secrets_file}: has no {', '.join(missing)}; {_restore_hint(site)}")
+    return current
+
+
+def create_secrets(site: Site, given: dict[str, str] | None = None) -> dict[str, str]:
+    """`kit init` only: new passwords for a new site. Keeps a secrets file that already exists
+    (re-running init must not change the passwords of a site with data)."""
+    if site.secrets_file.exists():
+        current = _read_secrets(site)
+        missing = [k for k in secret_keys(site) if not current.get(k)]
+        if missing:
+            raise KitError(f"{site.secrets_file}: exists without {', '.join(missing)}; {_restore_hint(site)}")
+        return current
+    current = {key: pysecrets.token_urlsafe(24) for key in secret_keys(site)}
+    current.update(given or {})
+    write_private(site.secrets_file, yaml.safe_dump(current, sort_keys=True))
+    return current
+
+
+def save_secrets(site: Site, values: dict[str, str]) -> None:
+    """Replace the secrets file (rotation and password resets only)."""
+    write_private(site.secrets_file, yaml.safe_dump(values, sort_keys=True))
+
+
+def update_secret(site: Site, key: str, value: str) -> None:
+    current = load_secrets(site)
+    current[key] = value
+    save_secrets(site, current)

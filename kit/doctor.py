@@ -1,22 +1,22 @@
-"""Preflight checks, run by `kit doctor` and by `kit up` before it changes anything.
+"""Preflight checks, run by `kit doctor` and by `kit up` before it changes anything: the
+same function gives both their verdict, so doctor says FAIL wherever `up` would refuse.
 
 Each check returns one line: what is wrong and how to fix it.
 """
 from __future__ import annotations
 
-import errno
 import platform
 import shutil
-import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kit import docker
-from kit.drivers import hosts
-from kit.config import Site
+from kit.config import Site, load_secrets
 from kit.errors import KitError
-from kit.images import check_moodle_tree
 from kit.sizing import PHP_WORKER_MB, Tuning, pg_to_kb
+
+if TYPE_CHECKING:
+    from kit.targets import Target
 
 MIN_FREE_DISK_GB = 5
 
@@ -38,42 +38,26 @@ def is_debian_like() -> bool:
 
 
 def check_docker() -> Check:
-    ok, detail = docker.engine_reachable()
-    if ok:
-        return Check("docker", True, f"Docker engine {detail} reachable")
+    from kit.engine import Engine
+
+    try:
+        engine = Engine.local()
+        return Check("docker", True, f"Docker engine {engine.version()} reachable")
+    except KitError as exc:
+        detail = str(exc)
     if is_debian_like():
         fix = "start it (`service docker start` or `dockerd &`), or let `kit up --yes` install docker.io"
     else:
         fix = f"install Docker Engine for {platform.system()} (https://docs.docker.com/engine/install/) and start it"
-    return Check("docker", False, f"Docker is not reachable ({detail}): {fix}")
-
-
-def _port_owner_is_site(site: Site) -> bool:
-    return any(c["role"] == "edge" and c["state"] == "running" for c in docker.site_containers(site.name))
-
-
-def check_port(site: Site) -> Check:
-    bind, port = site.http.bind, site.http.port
-    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((bind, port))
-        except OSError as exc:
-            if docker.cli_present() and _port_owner_is_site(site):
-                return Check("port", True, f"{bind}:{port} is served by this site's edge proxy")
-            if exc.errno == errno.EADDRINUSE:
-                return Check("port", False, f"port {bind}:{port} is already in use by another program: "
-                                            "free it, or set http.port in site.yaml")
-            return Check("port", False, f"cannot listen on {bind}:{port} ({exc.strerror}): set http.bind/http.port")
-    return Check("port", True, f"{bind}:{port} is free")
+    return Check("docker", False, f"{detail}: {fix}")
 
 
 def check_disk(site: Site) -> Check:
     target = Path("/var/lib/docker") if Path("/var/lib/docker").exists() else site.site_dir
     free_gb = shutil.disk_usage(target).free / 1024**3
     if free_gb < MIN_FREE_DISK_GB:
-        return Check("disk", False, f"only {free_gb:.1f} GB free on {target}: images and data need {MIN_FREE_DISK_GB} GB; free some space")
+        return Check("disk", False, f"only {free_gb:.1f} GB free on {target}: images and data need "
+                                    f"{MIN_FREE_DISK_GB} GB; free some space")
     return Check("disk", True, f"{free_gb:.0f} GB free on {target}")
 
 
@@ -88,66 +72,53 @@ def check_memory(site: Site, tuning: Tuning) -> Check:
 
 
 def check_moodle_source(site: Site) -> Check:
+    """The code `kit up` would build, opened now: a folder, a tarball read to its end, or a
+    git ref that the remote has."""
+    from kit.images import check_moodle_tarball, check_moodle_tree, check_git_ref
+
     kind = site.moodle.source_kind()
-    if kind == "git":
-        return Check("moodle", True, f"Moodle from git {site.moodle.source} @ {site.moodle.ref}")
-    path = site.moodle_source_path
-    if kind == "tarball":
-        if not path.is_file():
-            return Check("moodle", False, f"moodle.source: tarball {path} does not exist")
-        return Check("moodle", True, f"Moodle from tarball {path}")
     try:
-        release = check_moodle_tree(path)
+        if kind == "git":
+            commit = check_git_ref(site)
+            return Check("moodle", True, f"Moodle from git {site.moodle.source} @ {site.moodle.ref} ({commit[:12]})")
+        if kind == "tarball":
+            release = check_moodle_tarball(site.moodle_source_path)
+            return Check("moodle", True, f"Moodle {release} from tarball {site.moodle_source_path}")
+        release = check_moodle_tree(site.moodle_source_path)
     except KitError as exc:
         return Check("moodle", False, str(exc))
-    return Check("moodle", True, f"Moodle {release} at {path}")
+    return Check("moodle", True, f"Moodle {release} at {site.moodle_source_path}")
 
 
-def preflight(site: Site, tuning: Tuning, *, docker_required: bool = True) -> list[Check]:
-    checks = [check_moodle_source(site), check_disk(site)]
-    if site.target == "hosts":  # the machines' memory and ports are theirs: checked there by the rollout
-        return checks
-    checks.append(check_memory(site, tuning))
-    dock = check_docker()
-    if docker_required or dock.ok:
-        checks.append(dock)
-    checks.append(check_port(site))
-    return checks
-
-
-QUEUE_AGE_WARN_S = 600  # Moodle's $CFG->adhoctaskagewarn default (10 min)
-CONNECTIONS_WARN = 0.8
-
-
-def runtime_checks(site: Site) -> list[Check]:
-    """A running site's pressure points: replicas, DB connections and size, the task queue."""
-    from kit import health
-    from kit.errors import CommandFailed
-
-    containers = [c for c in hosts.containers(site) if c["role"] not in ("install", "oneoff")]
-    if not containers:
-        return []
-    checks = []
-    bad = [f"{c['name']} {c['state']}/{c['health']}" for c in containers
-           if c["state"] != "running" or c["health"] not in ("healthy", "none")]
-    checks.append(Check("replicas", not bad, "all containers running and healthy" if not bad
-                        else "not healthy: " + ", ".join(bad) + " (see `kit logs`, then `kit up`)"))
+def check_secrets(site: Site) -> Check:
     try:
-        used, limit, size_mb = hosts.psql(
-            site, "select count(*), current_setting('max_connections'), "
-            "pg_database_size('moodle') / 1048576 from pg_stat_activity").split("|")
-        ratio = int(used) / int(limit)
-        checks.append(Check("db-conn", ratio < CONNECTIONS_WARN,
-                            f"{used} of {limit} connections in use ({ratio:.0%})"
-                            + ("" if ratio < CONNECTIONS_WARN else ": see runbooks/db-connections.md")))
-        checks.append(Check("db-size", True, f"database is {size_mb} MB"))
-    except (CommandFailed, ValueError):
-        checks.append(Check("db-conn", False, "cannot query PostgreSQL: is the db container up? (`kit status`)"))
-    queue = health.queue_depth(site)
-    if queue:
-        ok = queue["oldest_age_s"] <= QUEUE_AGE_WARN_S and queue["failing"] == 0
-        checks.append(Check("queue", ok, f"{queue['queued']} adhoc tasks queued ({queue['due']} due), "
-                                         f"oldest overdue {queue['oldest_age_s']}s (Moodle warns after "
-                                         f"{QUEUE_AGE_WARN_S}s), {queue['failing']} failing"
-                                         + ("" if ok else ": see runbooks/queue-backlog.md")))
+        load_secrets(site)
+    except KitError as exc:
+        return Check("secrets", False, str(exc))
+    return Check("secrets", True, f"{site.secrets_file} (owner-only)")
+
+
+def check_owner(target: Target) -> Check:
+    from kit import identity
+
+    try:
+        identity.check(target.site, target.found(), command="up")
+    except KitError as exc:
+        return Check("owner", False, str(exc).replace("refusing `kit up`", "`kit up` would refuse"))
+    me = identity.load(target.site)
+    return Check("owner", True, f"this folder manages site {target.site.name!r}" if me
+                 else f"no site {target.site.name!r} runs yet: `kit up` creates it")
+
+
+def preflight(target: Target) -> list[Check]:
+    """Everything `kit up` checks before it changes anything, in the order it checks them."""
+    site = target.site
+    checks = [check_secrets(site), check_moodle_source(site), check_disk(site)]
+    try:
+        own = target.preflight()
+    except KitError as exc:
+        own = [Check("target", False, str(exc))]
+    checks += own
+    if all(c.ok for c in own):   # the ownership check needs the engine or cluster those checks reach
+        checks.insert(0, check_owner(target))
     return checks

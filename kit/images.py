@@ -18,6 +18,7 @@ import click
 
 from kit import ROOT
 from kit.config import Site
+from kit.engine import Engine
 from kit.errors import KitError
 from kit.runner import capture, run, stream_to
 
@@ -40,10 +41,6 @@ def _dir_digest(path: Path) -> str:
     return _hash(*(f"{p.relative_to(path)}:{p.stat().st_mode & 0o777:o}:{p.read_bytes().hex()}" for p in files))
 
 
-def image_exists(tag: str) -> bool:
-    return capture(["docker", "image", "inspect", tag], check=False).returncode == 0
-
-
 # --- Moodle source ----------------------------------------------------------------------
 
 def check_moodle_tree(path: Path) -> str:
@@ -60,6 +57,57 @@ def check_moodle_tree(path: Path) -> str:
     if not match:
         raise KitError(f"moodle.source: {version} has no $release: not a Moodle tree")
     return match.group(1)
+
+
+MOODLE_MARKERS = ("version.php", "lib/setup.php", "admin/cli/install_database.php")
+
+
+def check_moodle_tarball(path: Path) -> str:
+    """Open a Moodle tarball and read it to its end (a truncated or damaged archive fails
+    here, not after four images are built); returns Moodle's release string."""
+    import zlib
+
+    if not path.is_file():
+        raise KitError(f"moodle.source: tarball {path} does not exist")
+    found: dict[str, set[str]] = {}       # top folder ("" = the archive's root) -> markers in it
+    releases: dict[str, str] = {}
+    try:
+        with tarfile.open(path, mode="r:*") as tar:
+            for member in tar:
+                parts = [p for p in Path(member.name).parts if p != "."]
+                if not member.isfile():
+                    continue
+                for depth in (0, 1):
+                    top, rel = "/".join(parts[:depth]), "/".join(parts[depth:])
+                    if rel in MOODLE_MARKERS:
+                        found.setdefault(top, set()).add(rel)
+                        if rel == "version.php":
+                            handle = tar.extractfile(member)
+                            text = handle.read().decode(errors="replace") if handle else ""
+                            match = re.search(r"\$release\s*=\s*'([^']+)'", text)
+                            releases[top] = match.group(1) if match else ""
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        why = "not a tar archive" if isinstance(exc, tarfile.ReadError) else "damaged or cut short"
+        raise KitError(f"moodle.source: {path} is not a readable tar archive ({why}: {type(exc).__name__}): "
+                       "point it at a Moodle .tar.gz, a folder or a git URL") from None
+    tops = [top for top, markers in found.items() if markers == set(MOODLE_MARKERS)]
+    if not tops:
+        raise KitError(f"moodle.source: {path} holds no Moodle tree (no {', '.join(MOODLE_MARKERS)} at its top or "
+                       "in its one top folder)")
+    release = releases.get(tops[0], "")
+    if not release:
+        raise KitError(f"moodle.source: {path}: version.php has no $release: not a Moodle tree")
+    return release
+
+
+def check_git_ref(site: Site) -> str:
+    """The commit moodle.ref names on moodle.source, asked of the remote now."""
+    out = capture(["git", "ls-remote", site.moodle.source, site.moodle.ref], check=False, timeout=60)
+    if out.returncode != 0 or not out.stdout.strip():
+        reason = (out.stderr.strip().splitlines() or ["no such ref"])[-1][:200]
+        raise KitError(f"moodle.source: cannot read ref {site.moodle.ref!r} from {site.moodle.source} ({reason}); "
+                       "offline? set moodle.source to a local Moodle folder or tarball")
+    return out.stdout.split()[0]
 
 
 def moodle_version(path: Path) -> str:
@@ -99,11 +147,7 @@ class MoodleSource:
             if not tar.is_file():
                 raise KitError(f"moodle.source: tarball {tar} does not exist")
             return "tarball:" + hashlib.sha256(tar.read_bytes()).hexdigest()[:12]
-        out = capture(["git", "ls-remote", self.site.moodle.source, self.site.moodle.ref], check=False, timeout=60)
-        if out.returncode != 0 or not out.stdout.strip():
-            raise KitError(f"moodle.source: cannot read ref {self.site.moodle.ref!r} from {self.site.moodle.source} "
-                           "(offline? set moodle.source to a local Moodle folder or tarball)")
-        return "git:" + out.stdout.split()[0]
+        return "git:" + check_git_ref(self.site)
 
     def path(self) -> Path:
         if self._path is not None:
@@ -114,6 +158,7 @@ class MoodleSource:
             self._tmp = tempfile.TemporaryDirectory(prefix="kit-moodle-")
             dest = Path(self._tmp.name)
             if self.kind == "tarball":
+                check_moodle_tarball(self.site.moodle_source_path)
                 with tarfile.open(self.site.moodle_source_path) as tar:
                     tar.extractall(dest, filter="data")
                 entries = [p for p in dest.iterdir()]
@@ -205,9 +250,9 @@ def _stream_moodle_context(out: IO[bytes], code: Path) -> None:
         tar.add(code, arcname="moodle", filter=keep)
 
 
-def ensure_base(site: Site) -> None:
+def ensure_base(site: Site, engine: Engine) -> None:
     base = site.images.base
-    if image_exists(base):
+    if engine.image_exists(base):
         return
     if base == OFFLINE_BASE_TAG:
         raise KitError(f"images.base: {base} is not built yet; run `kit images base` (debootstrap from a Debian mirror)")
@@ -215,9 +260,10 @@ def ensure_base(site: Site) -> None:
                    f"`docker pull {base}`, or build one offline with `kit images base` and set images.base: {OFFLINE_BASE_TAG}")
 
 
-def build_all(site: Site, *, force: bool = False) -> ImageSet:
-    """Build whatever image of the set is missing; reports each as built or present."""
-    ensure_base(site)
+def build_all(site: Site, engine: Engine, *, force: bool = False) -> ImageSet:
+    """Build whatever image of the set is missing (on this host's engine); reports each as
+    built or present."""
+    ensure_base(site, engine)
     source = MoodleSource(site)
     try:
         images = image_set(site, source)
@@ -234,7 +280,7 @@ def build_all(site: Site, *, force: bool = False) -> ImageSet:
                                                {**base, "MOODLE_IMAGE": images.moodle})),
         ]
         for number, (tag, build) in enumerate(steps, start=1):
-            if not force and image_exists(tag):
+            if not force and engine.image_exists(tag):
                 click.echo(f"[{number}/{len(steps)}] {tag}: present")
                 continue
             click.echo(f"[{number}/{len(steps)}] {tag}: building")
@@ -258,9 +304,10 @@ def apt_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def build_offline_base(mirror: str | None = None, tag: str = OFFLINE_BASE_TAG, *, force: bool = False) -> str:
+def build_offline_base(engine: Engine, mirror: str | None = None, tag: str = OFFLINE_BASE_TAG, *,
+                       force: bool = False) -> str:
     """debootstrap a minimal Debian 12 and import it: no registry needed."""
-    if not force and image_exists(tag):
+    if not force and engine.image_exists(tag):
         click.echo(f"{tag}: present (use --force to rebuild)")
         return tag
     if shutil.which("debootstrap") is None:

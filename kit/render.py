@@ -112,13 +112,16 @@ class Topology:
 
 def topology_for(site: Site, tuning: Tuning) -> Topology:
     names = names_for(site, tuning)
+    external = site.database.external_parts() if site.database.external else None
     if site.target != "hosts":
         return Topology(
-            db_endpoint=names.db, redis_endpoint=names.redis,
+            db_endpoint=str(external["host"]) if external else names.db, redis_endpoint=names.redis,
             replicas={n: {"host": LOCAL_HOST, "upstream": f"{n}-nginx:80", "publish": []} for n in names.web},
             workers={n: LOCAL_HOST for n in names.worker},
-            hosts_for={role: [LOCAL_HOST] for role in ("edge", "db", "redis", "cron", "web", "worker")},
-            publish={"db": [], "redis": []},
+            hosts_for={role: [] if role == "db" and external else [LOCAL_HOST]
+                       for role in ("edge", "db", "redis", "cron", "web", "worker")},
+            # The kit's own probes (kit.db) reach PostgreSQL on a loopback port Docker picks.
+            publish={"db": ["127.0.0.1::5432"], "redis": []},
             moodledata={"type": "volume", "source": names.volume("moodledata")},
             addresses={},
         )
@@ -127,11 +130,12 @@ def topology_for(site: Site, tuning: Tuning) -> Topology:
     runners = hosts.with_role("worker") or hosts.with_role("cron")
     db, redis = hosts.with_role("db")[0], hosts.with_role("redis")[0]
     return Topology(
-        db_endpoint=db.address, redis_endpoint=redis.address,
+        db_endpoint=str(external["host"]) if external else db.address, redis_endpoint=redis.address,
         replicas={n: {"host": m.name, "upstream": f"{m.address}:{hosts.web_port}",
                       "publish": [f"{m.address}:{hosts.web_port}:80"]} for n, m in zip(names.web, web)},
         workers={n: runners[i % len(runners)].name for i, n in enumerate(names.worker)},
-        hosts_for={role: [m.name for m in hosts.with_role(role)] or [hosts.with_role("cron")[0].name]
+        hosts_for={role: [] if role == "db" and external else
+                   [m.name for m in hosts.with_role(role)] or [hosts.with_role("cron")[0].name]
                    for role in ("edge", "db", "redis", "cron", "web", "worker")},
         publish={"db": [f"{db.address}:5432:5432"], "redis": [f"{redis.address}:6379:6379"]},
         moodledata={"type": "bind", "source": hosts.moodledata},
@@ -147,7 +151,8 @@ def _env() -> Environment:
 def render_files(site: Site, tuning: Tuning) -> dict[str, str]:
     """Config files as text, keyed by file name."""
     env = _env()
-    ctx = {"site": site, "tuning": tuning, "names": names_for(site, tuning), "topology": topology_for(site, tuning)}
+    ctx = {"site": site, "tuning": tuning, "names": names_for(site, tuning), "topology": topology_for(site, tuning),
+           "database": database_vars(site, tuning)}
     return {name: env.get_template(f"{name}.j2").render(**ctx) for name in CONFIG_FILES}
 
 
@@ -188,7 +193,7 @@ def driver_vars(site: Site, tuning: Tuning, images: ImageSet, files: dict[str, s
         "kit_replicas": topo.replicas,
         "kit_worker_hosts": topo.workers,
         "kit_edge_host": topo.edge_host,
-        "kit_db_host": topo.hosts_for["db"][0],
+        "kit_db": database_vars(site, tuning),
         "kit_cron_host": topo.hosts_for["cron"][0],
         "kit_redis_endpoint": topo.redis_endpoint,
         "kit_publish": topo.publish,
@@ -199,6 +204,17 @@ def driver_vars(site: Site, tuning: Tuning, images: ImageSet, files: dict[str, s
         },
         "kit_config_files": sorted(CONFIG_FILES),
     }
+
+
+def database_vars(site: Site, tuning: Tuning) -> dict[str, object]:
+    """Where Moodle connects: the kit's own PostgreSQL, or the external one of site.yaml."""
+    topo = topology_for(site, tuning)
+    if site.database.external:
+        parts = site.database.external_parts()
+        return {"external": True, "host": parts["host"], "port": parts["port"], "name": parts["dbname"],
+                "user": parts["user"], "sslmode": parts["sslmode"]}
+    return {"external": False, "host": topo.db_endpoint, "port": 5432, "name": "moodle", "user": "moodle",
+            "sslmode": tuning.db_sslmode}
 
 
 def render(site: Site, tuning: Tuning, images: ImageSet) -> Path:

@@ -187,7 +187,11 @@ def check_crd(obj: dict) -> None:
         assert params and all(isinstance(v, str) for v in params.values())
         assert _need(obj, "spec.resources.requests.memory") == _need(obj, "spec.resources.limits.memory")
         assert set(obj["spec"]) <= {"instances", "imageName", "primaryUpdateStrategy", "enableSuperuserAccess",
-                                    "bootstrap", "postgresql", "storage", "resources", "affinity"}
+                                    "bootstrap", "postgresql", "storage", "resources", "affinity", "managed"}
+        for role in obj["spec"].get("managed", {}).get("roles", []):
+            # CloudNativePG's RoleConfiguration: the kit's read-only monitoring login.
+            assert set(role) <= {"name", "ensure", "login", "inRoles", "passwordSecret"}
+            assert role["inRoles"] == ["pg_monitor"] and role["login"] is True and role["passwordSecret"]["name"]
     elif kind == "Pooler":
         _need(obj, "spec.cluster.name")
         assert _need(obj, "spec.type") in ("rw", "ro")

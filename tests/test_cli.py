@@ -122,9 +122,10 @@ def test_port_in_use_is_refused_before_any_change(tmp_path, fake_moodle):
 
 
 def test_docker_unreachable_is_refused_before_any_change(tmp_path, fake_moodle):
-    write_site(tmp_path, {"name": "d1", "http": {"bind": "127.0.0.1", "port": 18096},
-                          "moodle": {"source": str(fake_moodle)}})
-    result = kit("up", cwd=tmp_path, env={"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}, stdin="")
+    no_docker = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    assert kit("init", "--name", "d1", "--bind", "127.0.0.1", "--port", "18096", "--moodle-source", str(fake_moodle),
+               cwd=tmp_path, env=no_docker).returncode == 0
+    result = kit("up", cwd=tmp_path, env=no_docker, stdin="")
     line = one_error_line(result)
     assert "Docker is not reachable" in line and "nothing was changed" in line
     assert not (tmp_path / "build").exists()

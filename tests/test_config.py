@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from kit.config import ensure_secrets, load_site, parse_site, SECRET_KEYS
+from kit.config import SECRET_KEYS, create_secrets, load_secrets, load_site, parse_site, secret_keys
 from kit.errors import KitError
 from tests.conftest import write_site
 
@@ -70,27 +70,35 @@ def test_source_kinds(site_dir):
 
 def test_secrets_are_generated_private_and_stable(site_dir):
     site = load_site(write_site(site_dir, {"name": "s1"}))
-    first = ensure_secrets(site)
+    first = create_secrets(site)
     assert set(first) == set(SECRET_KEYS)
     assert all(len(v) >= 24 for v in first.values())
     assert len(set(first.values())) == len(SECRET_KEYS)
     mode = stat.S_IMODE(site.secrets_file.stat().st_mode)
     assert mode == 0o600
     assert stat.S_IMODE(site.secrets_file.parent.stat().st_mode) == 0o700
-    assert ensure_secrets(site) == first
+    assert load_secrets(site) == first
+    assert create_secrets(site) == first   # init again: the passwords of a site with data stay
 
 
 def test_secrets_differ_between_sites(tmp_path):
     generated = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        generated.append(ensure_secrets(load_site(write_site(tmp_path / name, {})))["db_password"])
+        generated.append(create_secrets(load_site(write_site(tmp_path / name, {})))["db_password"])
     assert generated[0] != generated[1]
 
 
 def test_world_readable_secrets_are_refused(site_dir):
     site = load_site(write_site(site_dir, {}))
-    ensure_secrets(site)
+    create_secrets(site)
     site.secrets_file.chmod(0o644)
     with pytest.raises(KitError, match="chmod 600"):
-        ensure_secrets(site)
+        load_secrets(site)
+
+
+def test_external_database_sites_have_no_admin_secret(site_dir):
+    site = parse_site({"database": {"external": "postgresql://moodle@db.example.edu/moodle"}}, site_dir=site_dir)
+    assert "db_admin_password" not in secret_keys(site)
+    assert set(create_secrets(site, {"db_password": "given"})) == set(secret_keys(site))
+    assert load_secrets(site)["db_password"] == "given"

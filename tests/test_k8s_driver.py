@@ -1,5 +1,5 @@
-"""The k8s driver: its helm command lines, the status reader, rollback and backup rules, and
-the CLI for target k8s. No cluster and no helm CLI run here: tests whose names say
+"""The k8s target: its helm command lines, the status reader, rollback and backup rules,
+and the CLI for target k8s. No cluster and no helm CLI run here: tests whose names say
 `fake_k8s_api` or `fake_helm` stand in for them with recording fakes.
 """
 from __future__ import annotations
@@ -15,11 +15,13 @@ from types import SimpleNamespace as NS
 import pytest
 import yaml
 
-from kit.config import ensure_secrets, load_site, parse_site
+from kit.config import create_secrets, load_site, parse_site
 from kit.errors import KitError
-from kit.k8s import driver
-from kit.k8s.status import QUEUE_SQL, psql_argv, read_status, rollout_state
-from kit.k8s.values import chart_dir, secret_name
+from kit.identity import Owner, ensure
+from kit.k8s.status import read_status, rollout_state
+from kit.k8s.values import chart_dir, monitor_secret_name, secret_name
+from kit.targets import k8s as driver
+from kit.targets.k8s import K8sTarget
 from tests.conftest import write_site
 
 KIT = [sys.executable, "-m", "kit.cli"]
@@ -107,6 +109,10 @@ class FakeCore:
         self.calls.append(("replace_secret", ns, body))
 
 
+def owner_of(site) -> Owner:
+    return Owner.of(site, ensure(site))
+
+
 class FakeApiext:
     def __init__(self, present: set[str]):
         self.present = present
@@ -117,23 +123,33 @@ class FakeApiext:
         return NS(metadata=NS(name=name))
 
 
+def fake_target(site, cluster, monkeypatch, commands: list) -> K8sTarget:
+    target = K8sTarget(site)
+    target.__dict__["cluster"] = cluster
+    monkeypatch.setattr(driver, "require_helm", lambda: 3)
+    monkeypatch.setattr(driver, "run", lambda cmd, **kw: commands.append([str(c) for c in cmd]) or 0)
+    monkeypatch.setattr(K8sTarget, "wait_ready", lambda self, timeout_s=0: (True, "serving"))
+    return target
+
+
 def test_up_with_fake_k8s_api_and_fake_helm_keeps_secrets_out_of_helm(site, monkeypatch):
-    secrets = ensure_secrets(site)
+    secrets = create_secrets(site)
     commands: list[list[str]] = []
     core = FakeCore()
     cluster = driver.Cluster(core=core, apps=None, autoscaling=None, custom=None,
                              apiext=FakeApiext({"clusters.postgresql.cnpg.io"}))
-    monkeypatch.setattr(driver, "require_helm", lambda: 3)
-    monkeypatch.setattr(driver, "connect", lambda s: cluster)
-    monkeypatch.setattr(driver, "run", lambda cmd, **kw: commands.append([str(c) for c in cmd]) or 0)
-    monkeypatch.setattr(driver, "wait_ready", lambda s, c, timeout_s=0: (True, "serving"))
-    driver.up(site)
+    fake_target(site, cluster, monkeypatch, commands).up(yes=False, skip_build=False, dry_run=False)
     assert ("create_namespace", "lms") in core.calls
-    (created,) = [c for c in core.calls if c[0] == "create_secret"]
-    body = created[2]
-    assert body.metadata.name == secret_name(site) and body.type == "kubernetes.io/basic-auth"
+    created = {c[2].metadata.name: c[2] for c in core.calls if c[0] == "create_secret"}
+    assert set(created) == {secret_name(site), monitor_secret_name(site)}
+    body = created[secret_name(site)]
+    assert body.type == "kubernetes.io/basic-auth"
     assert body.string_data["password"] == secrets["db_password"]
     assert body.string_data["admin-password"] == secrets["admin_password"]
+    assert created[monitor_secret_name(site)].string_data == {"username": "kit_monitor",
+                                                              "password": secrets["monitor_password"]}
+    assert body.metadata.labels["kit.site-id"] == owner_of(site).site_id
+    assert Owner.from_json(body.metadata.annotations["kit.owner"]).folder == str(site.site_dir)
     (helm_cmd,) = commands
     values_file = site.build_dir / "k8s" / "values.yaml"
     assert helm_cmd == driver.upgrade_command(site, values_file, install=True, helm_major=3)
@@ -143,25 +159,25 @@ def test_up_with_fake_k8s_api_and_fake_helm_keeps_secrets_out_of_helm(site, monk
         assert all(value not in part for part in helm_cmd)
     values = yaml.safe_load(values_file.read_text())
     assert values["auth"]["existingSecret"] == secret_name(site)
+    assert values["database"]["cloudnativepg"]["monitorRole"] == {"name": "kit_monitor",
+                                                                  "secret": monitor_secret_name(site)}
 
 
 def test_up_with_fake_k8s_api_refuses_without_the_operator(site, monkeypatch):
-    ensure_secrets(site)
+    create_secrets(site)
     commands: list = []
     cluster = driver.Cluster(core=FakeCore(), apps=None, autoscaling=None, custom=None, apiext=FakeApiext(set()))
-    monkeypatch.setattr(driver, "require_helm", lambda: 3)
-    monkeypatch.setattr(driver, "connect", lambda s: cluster)
-    monkeypatch.setattr(driver, "run", lambda cmd, **kw: commands.append(cmd))
     with pytest.raises(KitError, match="clusters.postgresql.cnpg.io: install the CloudNativePG operator"):
-        driver.up(site)
+        fake_target(site, cluster, monkeypatch, commands).up(yes=False, skip_build=False, dry_run=False)
     assert commands == [] and cluster.core.calls == []
 
 
 def test_existing_secret_is_replaced_with_fake_k8s_api(site):
     core = FakeCore(namespace_exists=True, secret_exists=True)
     cluster = driver.Cluster(core=core, apps=None, autoscaling=None, custom=None, apiext=None)
-    driver.apply_secret(cluster, site, ensure_secrets(site))
-    assert [c[0] for c in core.calls] == ["read_namespace", "create_secret", "replace_secret"]
+    driver.apply_secret(cluster, site, create_secrets(site), owner_of(site))
+    assert [c[0] for c in core.calls] == ["read_namespace", "create_secret", "replace_secret", "create_secret",
+                                          "replace_secret"]
 
 
 # --- status reader ------------------------------------------------------------------------------
@@ -212,46 +228,52 @@ class FakeCustom:
 
 
 def test_status_reader_with_fake_k8s_api_reports_rollouts_autoscalers_and_queue(site):
-    execs: list[tuple] = []
+    reads: list[int] = []
 
-    def fake_exec(pod_name, container, argv):
-        execs.append((pod_name, container, argv))
-        return "57|340|12|1\n" if "mdl_task_adhoc" in argv[-1] else "4.5.6 (Build: 20250811)\n"
+    def read_db():
+        reads.append(1)
+        return {"queued": 57, "due": 12, "oldest_age_s": 340, "failing": 1}, "4.5.6 (Build: 20250811)"
 
     apps = FakeApps([deployment("lms-moodle-web", "web", replicas=3, ready=3, updated=3, total=3),
                      deployment("lms-moodle-cron", "cron", replicas=1, ready=1, updated=1, total=1),
                      deployment("lms-moodle-worker", "worker", replicas=4, ready=4, updated=2, total=5)])
     core = FakePods([pod("lms-moodle-web-a", "web"), pod("lms-moodle-cron-b", "cron", restarts=2),
                      pod("lms-moodle-worker-c", "worker", ready=False)])
-    st = read_status(site, apps=apps, core=core, autoscaling=FakeAutoscaling(), custom=FakeCustom(),
-                     exec_in_pod=fake_exec)
+    st = read_status(site, apps=apps, core=core, autoscaling=FakeAutoscaling(), custom=FakeCustom(), read_db=read_db)
     assert apps.selectors == [("lms", "app.kubernetes.io/instance=lms")]
     assert not st.ready and st.reason == "worker: 2/4 replicas updated"
     assert st.queue == {"queued": 57, "due": 12, "oldest_age_s": 340, "failing": 1}
     assert st.moodle_release == "4.5.6 (Build: 20250811)"
     assert {a["kind"] for a in st.autoscalers} == {"HPA", "KEDA"}
     assert next(a for a in st.autoscalers if a["kind"] == "HPA")["cpu_percent"] == 63
-    assert [e[:2] for e in execs] == [("lms-moodle-cron-b", "cron")] * 2
-    assert execs[0][2] == psql_argv(QUEUE_SQL)
-    secrets = ensure_secrets(site)
-    assert not any(v in " ".join(execs[0][2]) for v in secrets.values())
-    assert '"$KIT_DB_PASSWORD"' in execs[0][2][-1]
+    assert reads == [1]
     lines = "\n".join(line for line, _ in driver.format_status(site, st))
     assert "57 adhoc tasks queued (12 due)" in lines and "4 of 3-6 replicas, CPU 63%" in lines
+
+
+def test_status_reader_with_fake_k8s_api_says_when_the_database_does_not_answer(site):
+    def read_db():
+        raise KitError("PostgreSQL at 127.0.0.1:5432 (as kit_monitor): password authentication failed")
+
+    apps = FakeApps([deployment("w", "web"), deployment("c", "cron", replicas=1, ready=1, updated=1, total=1)])
+    st = read_status(site, apps=apps, core=FakePods([]), autoscaling=NS(
+        list_namespaced_horizontal_pod_autoscaler=lambda ns, label_selector: NS(items=[])),
+        custom=None, read_db=read_db)
+    assert not st.ready and "database: PostgreSQL at 127.0.0.1:5432" in st.reason
 
 
 def test_status_reader_with_fake_k8s_api_is_ready_when_everything_rolled_out(site):
     apps = FakeApps([deployment("w", "web"), deployment("c", "cron", replicas=1, ready=1, updated=1, total=1)])
     st = read_status(site, apps=apps, core=FakePods([]), autoscaling=NS(
         list_namespaced_horizontal_pod_autoscaler=lambda ns, label_selector: NS(items=[])),
-        custom=None, exec_in_pod=None)
+        custom=None, read_db=None)
     assert st.ready and st.reason == "serving"
 
 
 def test_status_reader_with_fake_k8s_api_says_when_nothing_is_deployed(site):
     st = read_status(site, apps=FakeApps([]), core=FakePods([]), autoscaling=NS(
         list_namespaced_horizontal_pod_autoscaler=lambda ns, label_selector: NS(items=[])),
-        custom=None, exec_in_pod=None)
+        custom=None, read_db=None)
     assert not st.ready and "no web Deployment: the site is not up (run `kit up`)" in st.reason
 
 
@@ -295,7 +317,7 @@ def test_rollback_with_fake_helm_is_refused_across_a_moodle_upgrade(site, monkey
     fake_helm(monkeypatch, {4: "2024100706.00", 2: "2024042200.00"}, commands)
     monkeypatch.setattr(driver, "run", lambda cmd, **kw: pytest.fail("must not run helm rollback"))
     with pytest.raises(KitError, match=r"revision 4 upgraded Moodle's database .* restore the backup"):
-        driver.rollback(site, yes=True)
+        K8sTarget(site).rollback_target()
     assert ["helm", "--namespace", "lms", "--kube-context", "prod-eu", "history", "lms", "--output", "json"] in commands
 
 
@@ -304,9 +326,10 @@ def test_rollback_with_fake_helm_runs_helm_rollback_to_the_previous_good_revisio
     ran: list = []
     fake_helm(monkeypatch, {4: "2024100706.00", 2: "2024100706.00"}, commands)
     monkeypatch.setattr(driver, "run", lambda cmd, **kw: ran.append(list(cmd)))
-    monkeypatch.setattr(driver, "connect", lambda s: None)
-    monkeypatch.setattr(driver, "wait_ready", lambda s, c, timeout_s=0: (True, "serving"))
-    driver.rollback(site, yes=True)
+    monkeypatch.setattr(K8sTarget, "wait_ready", lambda self, timeout_s=0: (True, "serving"))
+    target = K8sTarget(site)
+    assert target.rollback_target() == "revision 2 (from revision 4)"
+    target.rollback()
     assert ran == [["helm", "--namespace", "lms", "--kube-context", "prod-eu", "rollback", "lms", "2", "--wait",
                     "--timeout", "20m"]]
 
@@ -329,15 +352,15 @@ def test_external_database_upgrade_needs_backup_confirmation(site_dir, fake_mood
                       "kubernetes": {"host": "lms.example.edu", "database": "external", "database_host": "pg.x"}},
                      site_dir=site_dir)
     with pytest.raises(KitError, match="snapshot the managed PostgreSQL"):
-        driver.require_backup(ext, cluster=None, backup_now=False)
-    driver.require_backup(ext, cluster=None, backup_now=True)
+        K8sTarget(ext).require_backup(False)
+    K8sTarget(ext).require_backup(True)
 
 
 def test_upgrade_with_fake_helm_refuses_an_undeployed_release(site, monkeypatch):
     monkeypatch.setattr(driver, "require_helm", lambda: 3)
     monkeypatch.setattr(driver, "capture", lambda cmd, **kw: NS(returncode=1, stdout="", stderr="not found"))
     with pytest.raises(KitError, match="is not deployed in namespace lms: run `kit up` first"):
-        driver.upgrade(site, backup_now=False)
+        K8sTarget(site).upgrade(backup_now=False)
 
 
 # --- values that do not fit ---------------------------------------------------------------------------
@@ -380,17 +403,17 @@ def test_cli_init_and_render_for_k8s(tmp_path, fake_moodle):
 
 def test_cli_namespace_flag_needs_target_k8s(tmp_path):
     result = kit("init", "--namespace", "lms", cwd=tmp_path)
-    assert result.returncode == 2 and "--namespace and --host are for --target k8s" in result.stderr
+    assert result.returncode == 3 and "--namespace and --host are for --target k8s" in result.stderr
     result = kit("init", "--target", "k8s", cwd=tmp_path)
-    assert result.returncode == 2 and "--target k8s needs --host" in result.stderr
+    assert result.returncode == 3 and "--target k8s needs --host" in result.stderr
     assert not (tmp_path / "site.yaml").exists()
 
 
 def test_cli_up_for_k8s_without_helm_is_one_line(tmp_path, fake_moodle):
     kit("init", "--target", "k8s", "--host", "lms.example.edu", "--moodle-source", str(fake_moodle), cwd=tmp_path)
     result = kit("up", cwd=tmp_path, env={"PATH": str(Path(sys.executable).parent)})
-    assert result.returncode == 2
+    assert result.returncode == 3
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines == ["error: helm is not installed: install Helm 3.13 or later "
+    assert lines == ["error: preflight failed: helm is not installed: install Helm 3.13 or later "
                      "(https://helm.sh/docs/intro/install/), then rerun; nothing was changed"]
 

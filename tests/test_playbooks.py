@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kit import ROOT
-from kit.drivers.local import ansible_env
+from kit.targets.ansible import ansible_env
 
 PLAYBOOKS = ROOT / "playbooks"
 BIN = Path(sys.executable).parent

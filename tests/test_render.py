@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from kit.config import ensure_secrets, load_site
+from kit.config import create_secrets, load_site
 from kit.images import ImageSet
 from kit.render import render, render_files
 from kit.sizing import plan
@@ -66,7 +66,7 @@ def test_config_php_is_cluster_ready(site):
 
 
 def test_no_secret_reaches_build_dir(site):
-    secrets = ensure_secrets(site)
+    secrets = create_secrets(site)
     out = render(site, plan(site, HOST_2x24), IMAGES)
     for path in out.iterdir():
         text = path.read_text()

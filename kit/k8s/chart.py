@@ -38,6 +38,7 @@ def reference_values() -> dict:
     values = chart_values(site, tuning, REFERENCE_IMAGES)
     values["config"] = {key: "" for key in values["config"]}
     values["auth"]["existingSecret"] = ""
+    values["database"]["cloudnativepg"]["monitorRole"]["secret"] = ""   # made by `kit up`, named by the kit
     return values
 
 

@@ -1,5 +1,5 @@
 """What runs on the cluster, read with the Kubernetes API: rollout state of each Deployment,
-pods, autoscalers, and Moodle's adhoc queue (read by psql inside the cron pod).
+pods, autoscalers, and Moodle's adhoc queue (read by the target through kit.db).
 
 The reader takes its API objects as arguments, so tests can stand in for a cluster.
 """
@@ -11,22 +11,8 @@ from typing import Any
 
 from kit.config import Site
 
-#: (pod, container, argv) -> stdout; the command runs inside the pod.
-Exec = Callable[[str, str, list[str]], str]
-
-#: The same reading as the Docker target's (kit.health.queue_depth): queued, most overdue, due, failing.
-QUEUE_SQL = ("select count(*), greatest(0, coalesce(max(extract(epoch from now())::bigint - nextruntime), 0)), "
-             "count(*) filter (where nextruntime <= extract(epoch from now())), "
-             "count(*) filter (where faildelay > 0) from mdl_task_adhoc")
-RELEASE_SQL = "select value from mdl_config where name = 'release'"
-VERSION_SQL = "select value from mdl_config where name = 'version'"
-
-
-def psql_argv(sql: str) -> list[str]:
-    """psql in a Moodle pod: the password comes from the pod's own environment, so the
-    command line holds variable names only."""
-    return ["sh", "-c", 'PGPASSWORD="$KIT_DB_PASSWORD" psql -h "$KIT_DB_HOST" -U "$KIT_DB_USER" -d moodle '
-            f"-tAF'|' -c \"{sql}\""]
+#: () -> (queue figures, Moodle's release), read through psycopg (kit.db) by the target.
+ReadDb = Callable[[], tuple[dict[str, int], str]]
 
 
 @dataclass
@@ -66,7 +52,7 @@ def rollout_state(dep: Any) -> tuple[bool, str]:
 
 
 def read_status(site: Site, *, apps: Any, core: Any, autoscaling: Any, custom: Any | None,
-                exec_in_pod: Exec | None) -> K8sStatus:
+                read_db: ReadDb | None) -> K8sStatus:
     ns, release = site.kubernetes.namespace, site.kubernetes.release
     selector = f"app.kubernetes.io/instance={release}"
     problems: list[str] = []
@@ -83,7 +69,6 @@ def read_status(site: Site, *, apps: Any, core: Any, autoscaling: Any, custom: A
         if needed not in found:
             problems.append(f"no {needed} Deployment: the site is not up (run `kit up`)")
     pods = []
-    cron_pod = ""
     for pod in core.list_namespaced_pod(ns, label_selector=selector).items:
         statuses = pod.status.container_statuses or []
         ready = bool(statuses) and all(c.ready for c in statuses)
@@ -91,8 +76,6 @@ def read_status(site: Site, *, apps: Any, core: Any, autoscaling: Any, custom: A
         pods.append({"name": pod.metadata.name, "component": component, "phase": pod.status.phase,
                      "ready": ready, "restarts": sum(c.restart_count or 0 for c in statuses),
                      "images": sorted({c.image for c in statuses})})
-        if component == "cron" and ready and pod.status.phase == "Running":
-            cron_pod = pod.metadata.name
     autoscalers = []
     for hpa in autoscaling.list_namespaced_horizontal_pod_autoscaler(ns, label_selector=selector).items:
         cpu = None
@@ -113,15 +96,15 @@ def read_status(site: Site, *, apps: Any, core: Any, autoscaling: Any, custom: A
             autoscalers.append({"name": item["metadata"]["name"], "kind": "KEDA",
                                 "min": item["spec"].get("minReplicaCount"), "max": item["spec"].get("maxReplicaCount"),
                                 "current": None, "desired": None, "active": conditions.get("Active") == "True"})
-    queue: dict = {}
+    queue: dict[str, int] = {}
     release_text = ""
-    if cron_pod and exec_in_pod is not None:
+    if read_db is not None and deployments:
+        from kit.errors import KitError
+
         try:
-            queued, oldest, due, failing = exec_in_pod(cron_pod, "cron", psql_argv(QUEUE_SQL)).strip().split("|")
-            queue = {"queued": int(queued), "due": int(due), "oldest_age_s": int(oldest), "failing": int(failing)}
-            release_text = exec_in_pod(cron_pod, "cron", psql_argv(RELEASE_SQL)).strip()
-        except Exception:  # the status must show what it can even when the database does not answer
-            problems.append("the adhoc queue could not be read from the cron pod")
+            queue, release_text = read_db()
+        except KitError as exc:  # the status shows what it can even when the database does not answer
+            problems.append(f"database: {exc}")
     ready = not problems
     return K8sStatus(url=site.url or "", ready=ready, reason="serving" if ready else "; ".join(problems),
                      deployments=deployments, pods=pods, autoscalers=autoscalers, queue=queue,

@@ -14,7 +14,7 @@ from kit import ROOT
 from kit.config import Site
 from kit.errors import KitError
 from kit.images import ImageSet
-from kit.render import Names, _env, names_for, render_files, topology_for
+from kit.render import Names, _env, database_vars, names_for, render_files, topology_for
 from kit.sizing import CHILDREN_PER_CPU, DB_RAM_SHARE, PHP_WORKER_MB, Tuning, pg_to_kb
 
 #: PostgreSQL parameters CloudNativePG sets itself and refuses in a Cluster spec, with why.
@@ -43,6 +43,11 @@ def chart_dir() -> Path:
 
 def secret_name(site: Site) -> str:
     return f"kit-{site.name}-secrets"
+
+
+def monitor_secret_name(site: Site) -> str:
+    """The basic-auth Secret of the read-only monitoring role (CloudNativePG manages the role)."""
+    return f"kit-{site.name}-monitor"
 
 
 def host_of(site: Site) -> str:
@@ -78,8 +83,9 @@ def config_texts(site: Site, tuning: Tuning) -> dict[str, str]:
     # The same template and context as render_files, with the chart's hosts for PostgreSQL and Redis.
     topology = dataclasses.replace(topology_for(site, tuning), db_endpoint=DB_HOST_PLACEHOLDER,
                                    redis_endpoint=REDIS_HOST_PLACEHOLDER)
+    database = {**database_vars(site, tuning), "host": DB_HOST_PLACEHOLDER}
     config_php = _env().get_template("config.php.j2").render(site=site, tuning=tuning, names=names,
-                                                             topology=topology)
+                                                             topology=topology, database=database)
     return {
         "configPhp": config_php,
         "phpIni": files["php.ini"],
@@ -269,6 +275,7 @@ def chart_values(site: Site, tuning: Tuning, images: ImageSet, moodle_version: s
                 "storage": {"size": f"{k8s.database_storage_gb}Gi", "storageClass": k8s.database_storage_class or ""},
                 "parameters": cnpg_parameters(tuning),
                 "resources": res["database"],
+                "monitorRole": {"name": site.database.monitor_user, "secret": monitor_secret_name(site)},
                 "pgbouncer": {"enabled": k8s.pgbouncer, "instances": 2,
                               "defaultPoolSize": scale.pool_size or scale.max_connections - ADMIN_HEADROOM,
                               "maxClientConn": scale.max_client_conn or Scaling.connections(

@@ -14,8 +14,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kit import docker
-from kit.runner import capture
+from typing import TYPE_CHECKING
+
+from kit import db
+from kit.errors import KitError
+
+if TYPE_CHECKING:
+    from kit.targets.docker import DockerTarget
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -114,32 +119,20 @@ class LevelCost:
 
 
 class SiteMeter:
-    """Reads a local site's counters before and after a load level."""
+    """Reads a local site's counters before and after a load level: the containers' cgroups
+    (found through the Docker SDK) and PostgreSQL's statistics (the monitoring login)."""
 
-    def __init__(self, site_name: str, db_container: str | None) -> None:
-        self.site_name = site_name
-        self.db_container = db_container
+    def __init__(self, target: DockerTarget) -> None:
+        self.target = target
 
     def _containers(self) -> tuple[dict[str, str], dict[str, str]]:
-        rows = [r for r in docker.site_containers(self.site_name) if r["state"] == "running"]
-        if not rows:
-            return {}, {}
-        names = [r["name"] for r in rows]
-        out = capture(["docker", "inspect", "--format", "{{.Name}} {{.Id}}", *names], check=False)
-        ids = {}
-        for line in out.stdout.splitlines():
-            name, _, cid = line.partition(" ")
-            ids[name.lstrip("/")] = cid.strip()
-        return {r["name"]: r["role"] for r in rows}, ids
+        rows = [c for c in self.target.containers() if c.state == "running"]
+        return {c.name: c.role for c in rows}, {c.name: c.id for c in rows}
 
     def _db_xacts(self) -> int | None:
-        if not self.db_container:
-            return None
         try:
-            out = docker.psql(self.db_container, "SELECT xact_commit + xact_rollback FROM pg_stat_database "
-                                                 "WHERE datname = 'moodle'")
-            return int(out.split()[0])
-        except Exception:  # noqa: BLE001 - a missing figure is reported as "not measured"
+            return db.transactions(self.target.monitor_db())
+        except KitError:   # a missing figure is reported as "not measured"
             return None
 
     def snapshot(self) -> Snapshot:

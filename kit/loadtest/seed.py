@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from kit.config import Site
-from kit.errors import KitError
-from kit.runner import capture, run
+from kit.errors import KitError, OperationFailed, UsageError
+from kit.runner import hostname_addresses
+
+if TYPE_CHECKING:
+    from kit.targets import Target
 
 SIZES = ("XS", "S", "M", "L", "XL", "XXL")
 DISCUSSIONS = 25    # replies spread over this many, so a long run does not grow one thread
@@ -19,47 +22,41 @@ def target_file(site: Site) -> Path:
     return site.state_dir / "loadtest-target.json"
 
 
-def _exec(site: Site, *args: str) -> list[str]:
-    from kit.drivers.hosts import on_host
-
-    web = f"{site.prefix}-web-1"
-    return on_host(site, web, ["docker", "exec", "-u", "www-data", web, *args])
-
-
-def read_target(site: Site) -> dict | None:
+def read_target(target: Target) -> dict[str, Any] | None:
     """The seeded course, activities and users as JSON, or None when not seeded."""
-    result = capture(_exec(site, "php", "/opt/kit/loadtest_target.php"), check=False, timeout=120)
-    if result.returncode == 3:
+    code, out = target.moodle_cli(["/opt/kit/loadtest_target.php"], check=False, quiet=True)
+    if code == 3:
         return None
-    if result.returncode != 0:
-        reason = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise KitError(f"cannot read the load-test target from {site.prefix}-web-1: {reason[0]} (is the site up?)")
-    return json.loads(result.stdout)
+    if code != 0:
+        reason = out.strip().splitlines()[-1:] or [f"exit code {code}"]
+        raise OperationFailed(f"cannot read the load-test target: {reason[0]} (is the site up? `kit status`)")
+    data: dict[str, Any] = json.loads(out)
+    return data
 
 
-def seed(site: Site, size: str) -> dict:
+def seed(target: Target, size: str) -> dict[str, Any]:
     if size not in SIZES:
-        raise KitError(f"--size {size!r}: use one of {', '.join(SIZES)}")
-    target = read_target(site)
-    if target is None:
+        raise UsageError(f"--size {size!r}: use one of {', '.join(SIZES)}")
+    found = read_target(target)
+    if found is None:
         click.echo(f"seeding with Moodle's generator (maketestsite --size={size}); this takes minutes")
-        run(_exec(site, "php", "admin/tool/generator/cli/maketestsite.php", f"--size={size}", "--fixeddataset",
-                  "--bypasscheck", "--filesizelimit=1000", "--quiet"))
-        target = read_target(site)
-        if target is None:
-            raise KitError("Moodle's generator finished but no testcourse_* course exists")
+        target.moodle_cli(["admin/tool/generator/cli/maketestsite.php", f"--size={size}", "--fixeddataset",
+                           "--bypasscheck", "--filesizelimit=1000", "--quiet"])
+        found = read_target(target)
+        if found is None:
+            raise OperationFailed("Moodle's generator finished but no testcourse_* course exists")
     else:
-        click.echo(f"already seeded: {target['course_shortname']} with {target['enrolled']} enrolled, "
-                   f"{target['users']['count']} generated users")
+        click.echo(f"already seeded: {found['course_shortname']} with {found['enrolled']} enrolled, "
+                   f"{found['users']['count']} generated users")
     # The exam quiz is checked every time (idempotent): questions may be missing.
-    run(_exec(site, "php", "/opt/kit/seed_exam.php", str(target["course_id"])))
-    run(_exec(site, "php", "/opt/kit/seed_discussions.php", str(target["forum_cmid"]), str(DISCUSSIONS)))
-    target = read_target(site) or target
-    path = target_file(site)
+    target.moodle_cli(["/opt/kit/seed_exam.php", str(found["course_id"])])
+    target.moodle_cli(["/opt/kit/seed_discussions.php", str(found["forum_cmid"]), str(DISCUSSIONS)])
+    found = read_target(target) or found
+    path = target_file(target.site)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(target, indent=2) + "\n")
+    path.write_text(json.dumps(found, indent=2) + "\n")
     click.echo(f"target written to {path}")
-    return target
+    return found
 
 
 def saved_target(site: Site) -> Path:
@@ -79,9 +76,5 @@ def is_local_url(url: str) -> bool:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
     except socket.gaierror:
         return False
-    local = {"127.0.0.1", "::1"}
-    try:
-        local |= set(subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=5).stdout.split())
-    except (OSError, subprocess.SubprocessError):
-        pass
+    local = {"127.0.0.1", "::1"} | hostname_addresses()
     return all(ipaddress.ip_address(a).is_loopback or a in local for a in addresses)

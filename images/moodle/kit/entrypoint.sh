@@ -36,6 +36,8 @@ case "$role" in
         keep_running php admin/cli/cron.php --keep-alive="${KIT_CRON_KEEPALIVE:-900}" ;;
     worker)
         export KIT_ROLE=worker
+        # A dead worker's tasks back in the queue (requeue.php): now, then every minute.
+        ( while :; do as_www php /opt/kit/requeue.php || true; sleep "${KIT_REQUEUE_EVERY_S:-60}"; done ) &
         keep_running php admin/cli/adhoc_task.php --execute --keep-alive="${KIT_WORKER_KEEPALIVE:-900}" ;;
     install)
         as_www php /opt/kit/install.php

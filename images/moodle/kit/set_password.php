@@ -1,12 +1,13 @@
 <?php
-// Sets a Moodle user's password from the environment (never from the command line):
-//   KIT_USERNAME, KIT_NEW_PASSWORD. Also unlocks the account after failed logins.
+// Sets a Moodle user's password, read from stdin (never from the command line or the
+// environment): the user name on the first line, the password on the second. Also
+// unlocks the account after failed logins.
 define('CLI_SCRIPT', true);
 require '/var/www/moodle/config.php';
-$username = getenv('KIT_USERNAME');
-$password = getenv('KIT_NEW_PASSWORD');
-if (!$username || !$password) {
-    fwrite(STDERR, "kit: KIT_USERNAME and KIT_NEW_PASSWORD must be set\n");
+$username = trim((string) fgets(STDIN));
+$password = rtrim((string) fgets(STDIN), "\r\n");
+if ($username === '' || $password === '') {
+    fwrite(STDERR, "kit: give the user name and the password on stdin, one per line\n");
     exit(2);
 }
 $user = $DB->get_record('user', ['username' => $username, 'mnethostid' => $CFG->mnet_localhost_id, 'deleted' => 0]);

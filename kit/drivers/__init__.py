@@ -1,1 +1,0 @@
-"""Drivers apply build/<site>/ to a target: `local` (Ansible + this host's Docker)."""

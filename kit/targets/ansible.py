@@ -1,0 +1,70 @@
+"""The Docker targets' engine: the kit's playbooks run against build/<site>/ with
+ansible-playbook (through kit.runner), streaming progress and summing the recap."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from kit import ROOT
+from kit.config import Site
+from kit.errors import KitError, OperationFailed
+from kit.runner import run
+
+PLAYBOOKS = ROOT / "playbooks"
+RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def ansible_env() -> dict[str, str]:
+    return {
+        "ANSIBLE_CONFIG": str(PLAYBOOKS / "ansible.cfg"),
+        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+        "ANSIBLE_FORCE_COLOR": "1" if sys.stdout.isatty() else "0",
+    }
+
+
+def playbook(site: Site, name: str, *, owner: dict[str, str], extra: dict[str, object] | None = None,
+             check: bool = False, diff: bool = False, tags: str | None = None,
+             build_dir: Path | None = None) -> dict[str, int]:
+    """Run one of the kit's playbooks against build/<site>/ (or a release snapshot).
+    `owner` (site id and folder) labels everything the play creates. Returns the recap
+    counters (ok/changed/unreachable/failed) summed over hosts."""
+    build = build_dir or site.build_dir
+    if not (build / "vars.yml").is_file():
+        raise KitError(f"{build}: nothing rendered there (run `kit render`)")
+    cmd: list[str] = [
+        str(Path(sys.executable).parent / "ansible-playbook"),
+        "-i", str(build / "inventory.ini"),
+        str(PLAYBOOKS / name),
+        "-e", f"@{build / 'vars.yml'}",
+        "-e", f"kit_build_dir={build}",
+        "-e", f"kit_secrets_file={site.secrets_file}",
+        "-e", json.dumps({"kit_owner": owner}),
+    ]
+    for key, value in (extra or {}).items():
+        cmd += ["-e", json.dumps({key: value})]
+    if check:
+        cmd.append("--check")
+    if diff:
+        cmd.append("--diff")
+    if tags:
+        cmd += ["--tags", tags]
+    lines: list[str] = []
+    code = run(cmd, env=ansible_env(), tee=lines, check=False)
+    totals = {"ok": 0, "changed": 0, "unreachable": 0, "failed": 0}
+    recaps = 0
+    for line in lines:
+        match = RECAP.match(ANSI.sub("", line))
+        if match:
+            recaps += 1
+            for key, idx in (("ok", 2), ("changed", 3), ("unreachable", 4), ("failed", 5)):
+                totals[key] += int(match.group(idx))
+    if code != 0:
+        failed = [ANSI.sub("", line) for line in lines if "FAILED!" in line or "fatal:" in line]
+        reason = failed[-1].strip()[:300] if failed else f"ansible-playbook exited {code}"
+        raise OperationFailed(f"rollout failed: {reason}")
+    if not recaps:
+        raise OperationFailed("ansible-playbook printed no recap: the rollout did not run (see its output above)")
+    return totals

@@ -1,0 +1,163 @@
+"""The `hosts` target: several machines, each with its own Docker engine, reached over SSH.
+
+The rollout is the same playbook as `local` (one play per role group, web machines one at
+a time); what differs is where a container lives, reaching each machine's engine (an SSH
+tunnel to its Docker socket, with the site's ssh_config) and shipping the images built
+here to the machines that lack them (`docker save | ssh docker load`).
+"""
+from __future__ import annotations
+
+import atexit
+from functools import cached_property
+
+import click
+import docker
+
+from kit import db
+from kit.config import Machine
+from kit.doctor import Check, check_docker
+from kit.engine import Engine
+from kit.errors import KitError, Unsupported
+from kit.identity import Owner
+from kit.images import ImageSet
+from kit.render import topology_for
+from kit.runner import Tunnel, capture, pipe
+from kit.targets.docker import DockerTarget
+
+# Which of the kit's images each role runs.
+IMAGES_FOR_ROLE = {"edge": ("edge",), "db": ("postgres",), "redis": ("redis",), "cron": ("moodle",),
+                   "worker": ("moodle",), "web": ("moodle", "web")}
+REMOTE_DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+class HostsTarget(DockerTarget):
+    name = "hosts"
+
+    def ssh(self, machine: Machine) -> list[str]:
+        cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+        if self.site.hosts.ssh_config:
+            cmd += ["-F", str(self.site.site_dir / self.site.hosts.ssh_config)]
+        return cmd + [f"{self.site.hosts.ssh_user}@{machine.address}"]
+
+    def _open(self, machine: Machine) -> Engine:
+        tunnel = Tunnel(self.ssh(machine), REMOTE_DOCKER_SOCKET).__enter__()
+        atexit.register(tunnel.__exit__, None, None, None)
+        client = docker.DockerClient(base_url=f"unix://{tunnel.local}", timeout=60)
+        return Engine(client, machine=machine.name, where=f"machine {machine.name}")
+
+    @cached_property
+    def _engines(self) -> dict[str, Engine]:
+        return {m.name: self._open(m) for m in self.site.hosts.machines}
+
+    def engines(self) -> dict[str, Engine]:
+        return self._engines
+
+    def machine_of(self, container: str) -> Machine:
+        """The machine that runs one of the site's containers (by its kit name)."""
+        role = container.removeprefix(f"{self.site.prefix}-").removesuffix("-nginx")
+        topo = topology_for(self.site, self.tuning)
+        full = f"{self.site.prefix}-{role}"
+        if full in topo.replicas:
+            host = topo.replicas[full]["host"]
+        elif full in topo.workers:
+            host = topo.workers[full]
+        elif role in ("db", "redis", "edge", "cron"):
+            host = topo.hosts_for[role][0]
+        elif role == "oneoff":
+            host = topo.hosts_for["cron"][0]
+        else:
+            raise KitError(f"{container}: not a container of site {self.site.name!r}")
+        return next(m for m in self.site.hosts.machines if m.name == host)
+
+    def engine_for(self, container: str) -> Engine:
+        return self.engines()[self.machine_of(container).name]
+
+    def owner_record(self) -> Owner | None:
+        edge = self.site.hosts.with_role("edge")[0]
+        result = capture([*self.ssh(edge), "cat", f"/etc/kit/{self.site.name}/owner.json"], check=False, timeout=30)
+        return Owner.from_json(result.stdout) if result.returncode == 0 else None
+
+    def db_endpoint(self) -> db.Endpoint:
+        if self.site.database.external:
+            parts = self.site.database.external_parts()
+            return db.Endpoint(host=str(parts["host"]), port=int(parts["port"]), dbname=str(parts["dbname"]),
+                               sslmode=str(parts["sslmode"]))
+        machine = self.site.hosts.with_role("db")[0]
+        return db.Endpoint(host=machine.address, port=5432, sslmode=self.tuning.db_sslmode)
+
+    def local_url(self) -> str:
+        edge = self.site.hosts.with_role("edge")[0]
+        return f"http://{edge.address}:{self.site.http.port}"
+
+    # --- preflight ------------------------------------------------------------------------------
+    def check_machines(self) -> list[Check]:
+        """SSH answers and a Docker engine runs on each machine (through the same tunnel the
+        kit then uses)."""
+        rows = []
+        for machine in self.site.hosts.machines:
+            try:
+                engine = self.engines().get(machine.name) if "_engines" in self.__dict__ else None
+                engine = engine or self._open(machine)
+                version = engine.version()
+            except KitError as exc:
+                rows.append(Check(machine.name, False, str(exc)))
+                continue
+            except Exception as exc:  # noqa: BLE001 - the SDK's connection errors are many; all mean "no engine"
+                rows.append(Check(machine.name, False, f"{machine.address}: no Docker engine answers "
+                                                       f"({type(exc).__name__}): install docker.io there, or rerun "
+                                                       "`kit up --yes`"))
+                continue
+            rows.append(Check(machine.name, True, f"{machine.address}: ssh ok, Docker {version}"))
+        return rows
+
+    def preflight(self) -> list[Check]:
+        builder = check_docker()
+        if not builder.ok:
+            builder = Check("docker", False, f"the kit builds images with this machine's Docker engine: "
+                                             f"{builder.message}")
+        return [builder, *self.check_machines(), *self.external_db_check()]
+
+    def docker_missing(self, yes: bool) -> None:
+        """Machines without Docker get Debian's docker.io through the playbook, with --yes."""
+        if not all(c.ok for c in self.check_machines()):
+            if not yes:
+                raise KitError("some machines have no Docker engine: rerun with --yes to install docker.io there")
+            from kit.render import render
+
+            render(self.site, self.tuning, ImageSet.placeholder())
+            self.ansible("docker.yml", extra={"docker_engine_install": True})
+
+    # --- images -----------------------------------------------------------------------------------
+    def images_needed(self, machine: Machine, images: ImageSet) -> list[str]:
+        wanted = images.as_dict()
+        keys = sorted({key for role in machine.roles for key in IMAGES_FOR_ROLE[role]})
+        return [wanted[key] for key in keys]
+
+    def ship_images(self, images: ImageSet) -> None:
+        """Copy the images each machine needs and lacks: re-tag one already there under
+        another name, else `docker save | ssh docker load`."""
+        click.secho("==> Ship images to the machines that lack them", bold=True)
+        for machine in self.site.hosts.machines:
+            engine = self.engines()[machine.name]
+            for image in self.images_needed(machine, images):
+                if engine.image_exists(image):
+                    continue
+                if engine.tag(self.builder.image_id(image), image):
+                    click.echo(f"    {image} -> {machine.name}: same image already there, tagged")
+                    continue
+                pipe(["docker", "save", image], [*self.ssh(machine), "docker", "load", "-q"])
+                click.echo(f"    {image} -> {machine.name}")
+
+    # --- what hosts does not do (yet) ----------------------------------------------------------------
+    refusals = {
+        "backup": "dump PostgreSQL on the db machine (pg_dump -Fc) and snapshot the shared moodledata with your "
+                  "storage's tools",
+        "restore": "restore the database dump on the db machine with pg_restore, and moodledata from your storage's "
+                   "snapshot",
+    }
+
+    def check_scale(self, *, web: int | None, workers: int | None) -> None:
+        if web is not None:
+            raise Unsupported("on target hosts each machine with role web runs one replica: add or remove machines "
+                              "in site.yaml (hosts.machines), then `kit up`")
+        super().check_scale(web=web, workers=workers)
