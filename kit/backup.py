@@ -61,7 +61,8 @@ def backup(target: LocalTarget) -> Path:
         if source.is_file():
             shutil.copy2(source, out / name)
             os.chmod(out / name, 0o600)
-    files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(out.iterdir())}
+    files: dict[str, dict[str, Any]] = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size}
+                                        for p in sorted(out.iterdir())}
     manifest = {"site": site.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "created_epoch": int(time.time()),
                 "moodle_version": version, "files": files, "seconds": round(time.monotonic() - started, 1)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

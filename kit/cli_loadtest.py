@@ -13,7 +13,8 @@ from kit import config, identity
 from kit.errors import KitError, OperationFailed, UsageError
 from kit.loadtest import run as lt
 from kit.loadtest.resources import LevelCost, SiteMeter
-from kit.loadtest.seed import is_local_url, saved_target, seed as do_seed
+from kit.loadtest.seed import is_local_url, saved_target
+from kit.loadtest.seed import seed as do_seed
 from kit.targets import Target, target_for
 
 SITE_OPTION = click.option("--site", "site_path", default=lambda: __import__("os").environ.get("KIT_SITE", "site.yaml"),

@@ -75,7 +75,8 @@ class MoodleSettings(_Strict):
 
 
 class ImageSettings(_Strict):
-    base: str = Field(OFFICIAL_BASE_IMAGE, description="Debian 12 base image: official, or kit/debian:bookworm from `kit images base`")
+    base: str = Field(OFFICIAL_BASE_IMAGE,
+                      description="Debian 12 base image: official, or kit/debian:bookworm from `kit images base`")
     prefix: str = Field("kit", pattern=r"^[a-z0-9][a-z0-9._/-]*$")
     tag: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
                             description="Moodle image tag; default: derived from the code and Dockerfiles")
@@ -194,7 +195,7 @@ LEVERS: dict[str, str] = {
                  "instead of Debian's 5 children",
     "postgres_sized": "PostgreSQL memory, planner and WAL settings from `kit plan` instead of its defaults",
 }
-Lever = Literal[tuple(LEVERS)]  # type: ignore[valid-type]
+Lever = Literal[tuple(LEVERS)]  # type: ignore[valid-type]  # built from LEVERS, so it cannot drift
 
 
 class PerformanceSettings(_Strict):
@@ -203,7 +204,7 @@ class PerformanceSettings(_Strict):
     worth; it is never meant for a real site. `levers` turns single levers on or off."""
 
     profile: Literal["tuned", "stock"] = "tuned"
-    levers: dict[Lever, bool] = Field(default_factory=dict)
+    levers: dict[Lever, bool] = Field(default_factory=dict)  # type: ignore[valid-type]
 
 
 def normalise_url(value: str) -> str:
@@ -268,7 +269,7 @@ class DatabaseSettings(_Strict):
             raise ValueError("must not contain the password: `kit init --db-password-stdin` keeps it in the "
                              "secrets file")
         try:
-            parsed.port
+            _ = parsed.port
         except ValueError:
             raise ValueError(f"port must be a number from 1 to 65535 (got {value!r})") from None
         return value
@@ -319,9 +320,9 @@ class Site(_Strict):
             raise ValueError("database.external is for targets local and hosts; on k8s set kubernetes.database: "
                              "external and kubernetes.database_host")
         if self.url is not None and self.target != "k8s" and self.url.startswith("http://"):
-            port = urlparse(self.url).port or 80
-            if port != self.http.port:
-                raise ValueError(f"url {self.url} is served on port {port}, but the edge publishes http.port "
+            url_port = urlparse(self.url).port or 80
+            if url_port != self.http.port:
+                raise ValueError(f"url {self.url} is served on port {url_port}, but the edge publishes http.port "
                                  f"{self.http.port}: make them the same (or use the https:// URL of your proxy)")
         if self.url is None and self.target == "hosts":
             edge = self.hosts.with_role("edge")[0]

@@ -195,12 +195,11 @@ revoke all on function {schema}.moodle_setting(text) from public;
 def ensure_functions(owner: Database, monitor_user: str, *, as_role: str | None = None) -> None:
     """The monitoring functions, owned by Moodle's owner role (so they may read its tables),
     executable by the monitoring role only. Idempotent; run by every `kit up`."""
-    statements: list[sql.Composable | str] = []
     with owner.connect() as conn, conn.transaction():
         if as_role:
             conn.execute(sql.SQL("set local role {}").format(sql.Identifier(as_role)))
-        conn.execute(sql.SQL(_FUNCTIONS).format(schema=sql.Identifier(SCHEMA)))  # type: ignore[arg-type]
-        statements = [
+        conn.execute(sql.SQL(_FUNCTIONS).format(schema=sql.Identifier(SCHEMA)))
+        statements: list[sql.Composed] = [
             sql.SQL("grant usage on schema {} to {}").format(sql.Identifier(SCHEMA), sql.Identifier(monitor_user)),
             sql.SQL("grant execute on function {}.adhoc_queue(), {}.moodle_setting(text) to {}").format(
                 sql.Identifier(SCHEMA), sql.Identifier(SCHEMA), sql.Identifier(monitor_user)),

@@ -74,7 +74,7 @@ def check_memory(site: Site, tuning: Tuning) -> Check:
 def check_moodle_source(site: Site) -> Check:
     """The code `kit up` would build, opened now: a folder, a tarball read to its end, or a
     git ref that the remote has."""
-    from kit.images import check_moodle_tarball, check_moodle_tree, check_git_ref
+    from kit.images import check_git_ref, check_moodle_tarball, check_moodle_tree
 
     kind = site.moodle.source_kind()
     try:

@@ -52,7 +52,7 @@ def check_moodle_tree(path: Path) -> str:
     version = path / "version.php"
     if not version.is_file() or not (path / "lib" / "setup.php").is_file() \
             or not (path / "admin" / "cli" / "install_database.php").is_file():
-        raise KitError(f"moodle.source: {path} is not a Moodle tree (no version.php, lib/setup.php, admin/cli/install_database.php)")
+        raise KitError(f"moodle.source: {path} is not a Moodle tree (no {', '.join(MOODLE_MARKERS)})")
     match = re.search(r"\$release\s*=\s*'([^']+)'", version.read_text(errors="replace"))
     if not match:
         raise KitError(f"moodle.source: {version} has no $release: not a Moodle tree")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.errors import KitError
-from kit.sizing import PHP_WORKER_MB as PHP_PEAK_MB   # a busy php-fpm child at its request's peak
+from kit.sizing import PHP_WORKER_MB as PHP_PEAK_MB  # a busy php-fpm child at its request's peak
 
 SLO_P95_MS = 1000.0
 HOSTS_MACHINE_CPUS = 4          # assumed size of a hosts-target web machine (override: --machine-cpus)
@@ -151,7 +151,6 @@ def plan_for(measured: Measured, users: int, host_cpus: int, host_memory_mb: int
     pod_rho = m.rho_at_slo(max(1, int(K8S_POD_CPUS)))
     web_pods = max(2, math.ceil(rps * web_ms / 1000.0 / max(pod_rho, 0.05) / K8S_POD_CPUS))
 
-    measured_why = f"measured: {m.source}"
     rate_line = (f"{rps:.1f} req/s", f"measured: {m.rate_per_user:.3f} req/s per user at {m.light_users} users "
                                      f"(think time and journey of that run)")
     return {

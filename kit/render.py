@@ -9,7 +9,6 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
 from urllib.parse import urlparse
 
 import yaml
@@ -132,7 +131,7 @@ def topology_for(site: Site, tuning: Tuning) -> Topology:
     return Topology(
         db_endpoint=str(external["host"]) if external else db.address, redis_endpoint=redis.address,
         replicas={n: {"host": m.name, "upstream": f"{m.address}:{hosts.web_port}",
-                      "publish": [f"{m.address}:{hosts.web_port}:80"]} for n, m in zip(names.web, web)},
+                      "publish": [f"{m.address}:{hosts.web_port}:80"]} for n, m in zip(names.web, web, strict=False)},
         workers={n: runners[i % len(runners)].name for i, n in enumerate(names.worker)},
         hosts_for={role: [] if role == "db" and external else
                    [m.name for m in hosts.with_role(role)] or [hosts.with_role("cron")[0].name]

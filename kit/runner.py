@@ -61,7 +61,7 @@ def run(
         raise _not_found(cmd) from None
     if input_bytes is not None:
         assert proc.stdin is not None
-        proc.stdin.write(input_bytes)  # type: ignore[arg-type]
+        proc.stdin.write(input_bytes)
         proc.stdin.close()
     if tee is not None:
         assert proc.stdout is not None

@@ -145,7 +145,7 @@ def plan(site: Site, host: HostResources | None = None) -> Tuning:
     users, cpus, ram = site.users, host.cpus, host.memory_mb
     why: dict[str, str] = {}
     levers = resolve_levers(site)
-    for name, on in levers.items():
+    for name, _on in levers.items():
         source = "site.yaml performance.levers" if name in site.performance.levers else f"profile {site.performance.profile}"
         why[f"lever.{name}"] = f"{LEVERS[name]} ({source})"
 
@@ -233,7 +233,8 @@ def plan(site: Site, host: HostResources | None = None) -> Tuning:
     pg: dict[str, str] = {}
     pg["max_connections"] = str(max_conn)
     pg["shared_buffers"] = pg_mem(shared_buffers_mb * 1024)
-    why["postgres.shared_buffers"] = f"1/4 of the {db_kb // 1024} MB planned for PostgreSQL ({int(DB_RAM_SHARE * 100)}% of RAM on a shared host)"
+    why["postgres.shared_buffers"] = (f"1/4 of the {db_kb // 1024} MB planned for PostgreSQL "
+                                      f"({int(DB_RAM_SHARE * 100)}% of RAM on a shared host)")
     pg["effective_cache_size"] = pg_mem(db_kb * 3 // 4 // 1024 * 1024)
     why["postgres.effective_cache_size"] = "3/4 of PostgreSQL's memory: what the OS cache can hold"
     maint_mb = min(db_kb // 16 // 1024, 2048)
@@ -308,5 +309,6 @@ def plan(site: Site, host: HostResources | None = None) -> Tuning:
         host=host, users=users, web_replicas=replicas, fpm_max_children=per_replica,
         fpm_start_servers=start, fpm_min_spare=min_spare, fpm_max_spare=max_spare,
         php_memory_limit_mb=256, workers=workers, adhoc_concurrency_limit=adhoc_limit, redis_maxmemory_mb=redis_mb,
-        postgres=pg, levers=levers, fpm_static=levers["fpm_sized"], db_sslmode=sslmode, realpath_cache_ttl_s=ttl, reasons=why, **opcache,
+        postgres=pg, levers=levers, fpm_static=levers["fpm_sized"], db_sslmode=sslmode, realpath_cache_ttl_s=ttl,
+        reasons=why, **opcache,
     )

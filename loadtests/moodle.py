@@ -19,11 +19,11 @@ import os
 import random
 import time
 
-from locust import HttpUser, LoadTestShape, events, task
-from locust.exception import StopUser
-from locust.clients import LocustHttpAdapter
-from locust.runners import WorkerRunner
 import requests  # noqa: E402,I001  (after locust: it monkey-patches ssl first)
+from locust import HttpUser, LoadTestShape, events, task
+from locust.clients import LocustHttpAdapter
+from locust.exception import StopUser
+from locust.runners import WorkerRunner
 from urllib3.util.retry import Retry  # noqa: E402
 
 from kit.loadtest import pages

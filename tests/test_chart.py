@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import jsonschema
@@ -26,13 +26,13 @@ from kit.config import parse_site  # noqa: E402
 from kit.images import ImageSet  # noqa: E402
 from kit.k8s import chart as kchart  # noqa: E402
 from kit.k8s import chartdoc  # noqa: E402
-from kit.k8s.values import (CNPG_MANAGED, Scaling, chart_dir, chart_values, resources,  # noqa: E402
-                            scaling)
+from kit.k8s.values import CNPG_MANAGED, Scaling, chart_dir, chart_values, resources, scaling  # noqa: E402
 from kit.sizing import plan  # noqa: E402
 
 CHART = chart_dir()
 RELEASE, NAMESPACE = "lms", "lms"
-IMAGES = ImageSet("-", "registry.example.edu:5000/kit/moodle:4a5b6c7d8e9f", "registry.example.edu:5000/kit/moodle-web:4a5b6c7d8e9f",
+IMAGES = ImageSet("-", "registry.example.edu:5000/kit/moodle:4a5b6c7d8e9f",
+                  "registry.example.edu:5000/kit/moodle-web:4a5b6c7d8e9f",
                   "-", "registry.example.edu:5000/kit/redis:0a1b2c3d4e5f", "-")
 MOODLE_VERSION = "2024100706.00"
 #: Kubernetes minors validated: the newest kubernetes-validate ships and the two before it.
@@ -65,7 +65,7 @@ def site_and_plan(name: str):
     return site, plan(site)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _values_json(name: str) -> str:
     if name == "defaults":
         return "{}"
@@ -81,7 +81,7 @@ def render(values: dict, *, upgrade: bool = False) -> list[dict]:
     return kchart.objects(kchart.template(values, release=RELEASE, namespace=NAMESPACE, upgrade=upgrade))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _rendered_json(name: str) -> str:
     return json.dumps(render(values_for(name)))
 

@@ -2,17 +2,15 @@
 other, and the inventory Ansible gets (no machine needed; the e2e test uses real ones)."""
 from __future__ import annotations
 
-import configparser
-import shlex
 from pathlib import Path
 
 import pytest
 
 from kit import render, sizing
 from kit.config import parse_site
-from kit.targets.hosts import HostsTarget
 from kit.errors import KitError
 from kit.images import ImageSet
+from kit.targets.hosts import HostsTarget
 from tests.conftest import HOST_2x24
 
 MACHINES = [

@@ -46,7 +46,7 @@ def test_more_users_never_get_fewer_resources(site_dir):
         tuning = plan(parse_site({"users": users}, site_dir=site_dir), HOST_8x64)
         current = (tuning.php_children_total, tuning.workers, int(tuning.postgres["max_connections"]))
         if previous:
-            assert all(c >= p for c, p in zip(current, previous)), (users, current, previous)
+            assert all(c >= p for c, p in zip(current, previous, strict=False)), (users, current, previous)
         previous = current
 
 
@@ -78,7 +78,7 @@ def test_host_override_is_used(site_dir):
 
 
 def test_every_value_has_a_reason(site_dir):
-    for key, value, reason in plan(parse_site({}, site_dir=site_dir), HOST_8x64).rows():
+    for key, _value, reason in plan(parse_site({}, site_dir=site_dir), HOST_8x64).rows():
         assert reason, key
 
 

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import urllib.request
+
 import pytest
 
 from tests.conftest import MEASURED
@@ -142,7 +143,7 @@ def test_port_published_on_a_is_reachable_from_b_and_from_here(shipped: TestHost
         except OSError:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{url} not reachable from the controller within 30s; "
-                                     f"{th.run('a', 'docker logs kit-testhost-web', check=False).stderr}")
+                                     f"{th.run('a', 'docker logs kit-testhost-web', check=False).stderr}") from None
             time.sleep(0.5)
     # From host b itself.
     assert th.run("b", "curl", "-sS", "-m", "10", url).stdout.strip() == "hello from a"

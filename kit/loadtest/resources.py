@@ -13,7 +13,6 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from kit import db

@@ -17,8 +17,9 @@ from typing import Any
 
 import click
 
-from kit import db, health, identity, images as kit_images, policy, releases, sizing
-from kit.config import Site, dump_site, load_secrets, parse_site, save_secrets
+from kit import db, health, identity, policy, releases, sizing
+from kit import images as kit_images
+from kit.config import dump_site, load_secrets, save_secrets
 from kit.doctor import Check
 from kit.engine import Container, Engine
 from kit.errors import KitError, OperationFailed, UsageError
@@ -209,7 +210,7 @@ class DockerTarget(Target):
                 problems.append(f"database: {exc}")
         ready = not problems
         rows = [c.as_dict() for c in containers]
-        lines = [(f"  {c['role']:9} {c['name']:28} {c['state']:8} {c['health']:9} {c['image']}"
+        lines: list[tuple[str, str | None]] = [(f"  {c['role']:9} {c['name']:28} {c['state']:8} {c['health']:9} {c['image']}"
                   + (f"  on {c['machine']}" if "machine" in c else ""), None) for c in rows]
         return Status(url=self.site.url or "", ready=ready, reason="serving" if ready else "; ".join(problems),
                       http=http_msg, containers=rows, queue=queue, moodle_release=release, lines=lines)

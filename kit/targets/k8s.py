@@ -23,7 +23,8 @@ from typing import Any
 import click
 import yaml
 
-from kit import db, identity, images as kit_images, policy
+from kit import db, identity, policy
+from kit import images as kit_images
 from kit.config import Site, dump_site, load_secrets
 from kit.doctor import Check
 from kit.errors import KitError, OperationFailed, Unsupported
@@ -194,7 +195,7 @@ def connect(site: Site) -> Cluster:
                            f"at a cluster with {where} (kubernetes.context in site.yaml)") from None
     try:
         client.VersionApi(api_client).get_code(_request_timeout=10)
-    except Exception as exc:  # urllib3/TLS/HTTP errors all mean the same to the user
+    except Exception as exc:  # noqa: BLE001 - urllib3/TLS/HTTP errors all mean the same to the user
         raise KitError(f"the Kubernetes cluster at {api_client.configuration.host} does not answer "
                        f"({type(exc).__name__}): check the kubeconfig context and the network; nothing was changed") \
             from None
@@ -223,7 +224,7 @@ def check_prerequisites(cluster: Cluster, site: Site) -> None:
         crd, what = CRDS[key]
         try:
             cluster.apiext.read_custom_resource_definition(crd)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the client's ApiException, or a fake's: both carry .status
             if _status_code(exc) == 404:
                 raise KitError(f"the cluster has no {crd}: install {what}; nothing was changed") from None
             raise KitError(f"cannot read CRD {crd}: {type(exc).__name__} (permissions?)") from None
@@ -351,7 +352,7 @@ class K8sTarget(Target):
         owner = None
         try:
             secret = self.cluster.core.read_namespaced_secret(secret_name(self.site), ns)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the client's ApiException, or a fake's: both carry .status
             if _status_code(exc) != 404:
                 raise KitError(f"cannot read Secret {secret_name(self.site)} in namespace {ns}: "
                                f"{type(exc).__name__}") from None

@@ -17,8 +17,8 @@ from kit.doctor import Check, check_docker, check_memory, is_debian_like
 from kit.engine import Engine
 from kit.errors import KitError
 from kit.identity import Owner
-from kit.render import render
 from kit.images import ImageSet
+from kit.render import render
 from kit.targets.docker import DockerTarget
 
 CONFIG_ROOT = Path("/etc/kit")

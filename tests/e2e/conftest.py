@@ -1,8 +1,8 @@
 """One real site (kit init + kit up, real Moodle) shared by every end-to-end test module."""
 from __future__ import annotations
 
-import socket
 import json
+import socket
 import subprocess
 import sys
 import threading
