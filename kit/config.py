@@ -373,8 +373,8 @@ class Site(_Strict):
 
 def _one_line(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key (check its spelling; `kit init --help` lists the settings)"
     elif ("input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], dict)
@@ -382,7 +382,7 @@ def _one_line(err: ValidationError, source: str) -> str:
         msg = f"{msg} (got {first['input']!r})"
     more = len(err.errors()) - 1
     tail = f" (+{more} more)" if more else ""
-    return f"{source}: {loc}: {msg}{tail}"
+    return f"{source}: {loc}: {msg}{tail}" if loc else f"{source}: {msg}{tail}"
 
 
 def parse_site(data: object, *, site_dir: Path, source: str = DEFAULT_SITE_FILE) -> Site:

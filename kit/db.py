@@ -244,7 +244,7 @@ def ensure_monitor_role(manager: Database, endpoint: Endpoint, login: Login) -> 
             exists = conn.execute("select 1 from pg_roles where rolname = %s", (login.user,)).fetchone()
             if not exists:
                 conn.execute(sql.SQL("create role {} login").format(name))
-            conn.execute(sql.SQL("alter role {} login nosuperuser nocreatedb nocreaterole password {}").format(
+            conn.execute(sql.SQL("alter role {} login password {}").format(
                 name, sql.Literal(scram_verifier(login.password))))
             conn.execute(sql.SQL("grant pg_monitor to {}").format(name))
     except KitError as exc:

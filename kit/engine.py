@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import sys
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,13 +85,13 @@ class Engine:
 
     # --- what a site has on this engine ---------------------------------------------------
 
-    def containers(self, site_name: str, *, name_prefix: str | None = None) -> list[Container]:
-        """The site's containers (by label), and with name_prefix also any container whose
-        name claims the site without its label (it must not be taken over silently)."""
+    def containers(self, site_name: str, *, claims: Callable[[str], bool] | None = None) -> list[Container]:
+        """The site's containers (by label), and with `claims` also any container whose name
+        is one of the site's without its label (it must not be taken over silently)."""
         found = {c.id: c for c in self.client.containers.list(all=True, filters={"label": f"{LABEL_SITE}={site_name}"})}
-        if name_prefix:
-            for c in self.client.containers.list(all=True, filters={"name": name_prefix}):
-                if c.name == name_prefix or c.name.startswith(name_prefix + "-"):
+        if claims:
+            for c in self.client.containers.list(all=True):
+                if claims(c.name):
                     found.setdefault(c.id, c)
         rows = [_container(c, self.machine) for c in found.values()]
         return sorted(rows, key=lambda r: (r.role, r.name))
@@ -111,14 +111,14 @@ class Engine:
             rows.append(("network", network.name, network.attrs.get("Labels") or {}))
         return rows
 
-    def named(self, prefix: str) -> list[tuple[str, str, dict[str, str]]]:
-        """(kind, name, labels) of volumes and networks whose names claim a site's prefix."""
+    def named(self, claims: Callable[[str], bool]) -> list[tuple[str, str, dict[str, str]]]:
+        """(kind, name, labels) of volumes and networks whose names are the site's."""
         rows: list[tuple[str, str, dict[str, str]]] = []
         for volume in self.client.volumes.list():
-            if volume.name == prefix or volume.name.startswith(prefix + "-"):
+            if claims(volume.name):
                 rows.append(("volume", volume.name, volume.attrs.get("Labels") or {}))
-        for network in self.client.networks.list(names=[prefix]):
-            if network.name == prefix:
+        for network in self.client.networks.list():
+            if claims(network.name):
                 rows.append(("network", network.name, network.attrs.get("Labels") or {}))
         return rows
 

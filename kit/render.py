@@ -62,6 +62,11 @@ class Names:
         return f"{self.prefix}-cron"
 
     @property
+    def oneoff(self) -> str:
+        """The throw-away container of install, upgrade and Moodle CLI one-offs."""
+        return f"{self.prefix}-oneoff"
+
+    @property
     def web(self) -> list[str]:
         return [f"{self.prefix}-web-{i}" for i in range(1, self.replicas + 1)]
 
@@ -71,6 +76,15 @@ class Names:
 
     def volume(self, what: str) -> str:
         return f"{self.prefix}-{what}"
+
+    def claims(self, name: str) -> bool:
+        """Whether a Docker object's name is one this site uses (whatever the counts): a name
+        prefix alone is not enough, site `e2e` must not claim `kit-e2e-ext-db`."""
+        import re
+
+        pattern = (rf"{re.escape(self.prefix)}(-(db|redis|edge|cron|oneoff|web-[0-9]+(-nginx)?|worker-[0-9]+"
+                   r"|moodledata|pgdata|redisdata))?")
+        return re.fullmatch(pattern, name) is not None
 
 
 def names_for(site: Site, tuning: Tuning) -> Names:
@@ -179,7 +193,7 @@ def driver_vars(site: Site, tuning: Tuning, images: ImageSet, files: dict[str, s
             "network": names.network, "db": names.db, "redis": names.redis, "edge": names.edge,
             "cron": names.cron, "web": names.web, "worker": names.worker,
             "moodledata": names.volume("moodledata"), "pgdata": names.volume("pgdata"),
-            "redisdata": names.volume("redisdata"), "prefix": names.prefix,
+            "redisdata": names.volume("redisdata"), "prefix": names.prefix, "oneoff": names.oneoff,
         },
         "kit_web_replicas": tuning.web_replicas,
         "kit_workers": tuning.workers,

@@ -144,3 +144,15 @@ def test_database_figures_through_a_fake_k8s_api_port_forward_to_a_real_postgres
         release = db.moodle_setting(through, "release")
     assert queue == db.queue(monitor(monitored))
     assert release == "4.5.6 (Build: 20250811)" and len(opened) == 2
+
+
+def test_an_owner_that_may_create_roles_makes_the_monitoring_role_itself(pg):
+    """A managed database's application login (CREATEROLE, not superuser), as on an external database."""
+    pg.sql("create role app_owner login createrole password 'app-owner-pw-123456'")
+    owner = db.Database(endpoint(pg), db.Login("app_owner", "app-owner-pw-123456"), "owner")
+    login = db.Login("kit_watch2", "watch-pw-1234567890")
+    assert db.ensure_monitor_role(owner, endpoint(pg), login) is True
+    assert db.can_log_in(endpoint(pg), login)
+    assert pg.sql("select pg_has_role('kit_watch2', 'pg_monitor', 'member'), rolsuper, rolcreaterole "
+                  "from pg_roles where rolname = 'kit_watch2'") == "t|f|f"
+    assert db.ensure_monitor_role(owner, endpoint(pg), login) is False

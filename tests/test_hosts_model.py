@@ -132,3 +132,11 @@ def test_web_count_and_data_commands_say_what_to_do_on_hosts(tmp_path):
     assert (tmp_path / "site.yaml").read_text() == before
     backup = _kit(tmp_path, "backup")
     assert backup.returncode == 3 and "`kit backup` is not available on target hosts: dump PostgreSQL" in backup.stderr
+
+
+def test_a_site_claims_only_its_own_object_names():
+    names = render.Names(prefix="kit-e2e", replicas=2, workers=1)
+    for mine in ("kit-e2e", "kit-e2e-db", "kit-e2e-web-7-nginx", "kit-e2e-worker-12", "kit-e2e-pgdata"):
+        assert names.claims(mine), mine
+    for theirs in ("kit-e2e-ext", "kit-e2e-ext-db", "kit-e2e-ext-web-1", "kit-e2ex-db", "kit-e2e-dbx"):
+        assert not names.claims(theirs), theirs

@@ -97,10 +97,10 @@ class DockerTarget(Target):
         record = None
         for machine, engine in self.engines().items():
             objects, ids = [], set()
-            for c in engine.containers(self.site.name, name_prefix=self.site.prefix):
+            for c in engine.containers(self.site.name, claims=self.names.claims):
                 objects.append(f"container {c.name}")
                 ids.add(c.site_id if c.labels.get("kit.site") == self.site.name else "")
-            for kind, name, labels in engine.labelled(self.site.name) + engine.named(self.site.prefix):
+            for kind, name, labels in engine.labelled(self.site.name) + engine.named(self.names.claims):
                 if f"{kind} {name}" not in objects:
                     objects.append(f"{kind} {name}")
                     ids.add(labels.get("kit.site-id", "") if labels.get("kit.site") == self.site.name else "")
@@ -295,6 +295,8 @@ class DockerTarget(Target):
         click.secho("==> Render", bold=True)
         click.echo(f"    {self.render(images)}")
         version, release_name = self.image_moodle_version(images.moodle)
+        if self.site.database.external:   # it runs already: its monitoring login is made before any change
+            self.ensure_monitoring()
         self.ship_images(images)
         release = releases.start(self.site, images.as_dict(), version, release_name)
         click.secho(f"==> Roll out release {release.id} (Moodle {release_name})", bold=True)
@@ -315,7 +317,11 @@ class DockerTarget(Target):
                             duration_s=round(time.monotonic() - started, 1))
             raise OperationFailed(f"{exc} -- rolled back to release {before.id}; the site serves the previous "
                                   "release") from None
-        self.ensure_monitoring()
+        if not self.site.database.external:
+            try:
+                self.ensure_monitoring()
+            except KitError as exc:
+                raise OperationFailed(f"rolled out, but the monitoring login could not be set up: {exc}") from None
         if totals["changed"] == 0 and before is not None:
             releases.discard(self.site, release)  # nothing happened: not a release
             return None, totals
@@ -516,7 +522,9 @@ class DockerTarget(Target):
         if len(ids) > 1:
             raise KitError(f"site {self.site.name!r} carries several identities ({', '.join(sorted(ids))}): "
                            "remove the stray objects first")
-        load_secrets(self.site)
+        if not db.can_log_in(self.db_endpoint(), self._login("owner")):
+            raise KitError(f"{self.site.secrets_file} does not hold the running site's database password: adopt "
+                           "with the secrets file of the folder that made the site (nothing was changed)")
         identity.save(self.site, identity.Identity(id=ids.pop(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
         if not (self.site.build_dir / "vars.yml").exists():
             render(self.site, self.tuning, ImageSet.placeholder())

@@ -53,21 +53,16 @@ class HostsTarget(DockerTarget):
         return self._engines
 
     def machine_of(self, container: str) -> Machine:
-        """The machine that runs one of the site's containers (by its kit name)."""
-        role = container.removeprefix(f"{self.site.prefix}-").removesuffix("-nginx")
-        topo = topology_for(self.site, self.tuning)
-        full = f"{self.site.prefix}-{role}"
-        if full in topo.replicas:
-            host = topo.replicas[full]["host"]
-        elif full in topo.workers:
-            host = topo.workers[full]
-        elif role in ("db", "redis", "edge", "cron"):
-            host = topo.hosts_for[role][0]
-        elif role == "oneoff":
-            host = topo.hosts_for["cron"][0]
-        else:
+        """The machine that runs one of the site's containers (by its name in `Names`)."""
+        names, topo = self.names, topology_for(self.site, self.tuning)
+        by_role = {names.db: "db", names.redis: "redis", names.edge: "edge", names.cron: "cron", names.oneoff: "cron"}
+        hosts = {name: topo.hosts_for[role][0] for name, role in by_role.items() if topo.hosts_for[role]}
+        for replica, where in topo.replicas.items():
+            hosts[replica] = hosts[f"{replica}-nginx"] = where["host"]
+        hosts.update(topo.workers)
+        if container not in hosts:
             raise KitError(f"{container}: not a container of site {self.site.name!r}")
-        return next(m for m in self.site.hosts.machines if m.name == host)
+        return next(m for m in self.site.hosts.machines if m.name == hosts[container])
 
     def engine_for(self, container: str) -> Engine:
         return self.engines()[self.machine_of(container).name]
@@ -103,9 +98,9 @@ class HostsTarget(DockerTarget):
                 rows.append(Check(machine.name, False, str(exc)))
                 continue
             except Exception as exc:  # noqa: BLE001 - the SDK's connection errors are many; all mean "no engine"
-                rows.append(Check(machine.name, False, f"{machine.address}: no Docker engine answers "
-                                                       f"({type(exc).__name__}): install docker.io there, or rerun "
-                                                       "`kit up --yes`"))
+                rows.append(Check("docker", False, f"{machine.name} ({machine.address}): no Docker engine answers "
+                                                   f"({type(exc).__name__}): install docker.io there, or rerun "
+                                                   "`kit up --yes`"))
                 continue
             rows.append(Check(machine.name, True, f"{machine.address}: ssh ok, Docker {version}"))
         return rows

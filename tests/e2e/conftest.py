@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -36,9 +37,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def kit(*args: str, cwd: Path, timeout: float = 3600) -> subprocess.CompletedProcess:
+def kit(*args: str, cwd: Path, timeout: float = 3600, stdin: str | None = None) -> subprocess.CompletedProcess:
     """Run kit, streaming nothing but keeping the output for assertions (shown on failure)."""
-    result = subprocess.run([*KIT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run([*KIT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, input=stdin)
     if result.returncode != 0:
         print(result.stdout[-6000:], result.stderr[-3000:])
     return result
@@ -60,18 +61,24 @@ def moodle_php(code: str) -> str:
     return sh("docker", "exec", "-i", "-u", "www-data", f"kit-{SITE}-web-1", "php", stdin=script)
 
 
+#: Every site name the end-to-end tests use (the shared site and the ones a module makes).
+TEST_SITES = (SITE, "e2e-ext")
+
+
 def purge_leftovers() -> None:
-    """An interrupted earlier run may have left the e2e site behind: start from nothing."""
+    """An interrupted earlier run may have left the e2e sites behind: start from nothing."""
     def names(*cmd: str) -> list[str]:
         return subprocess.run(cmd, capture_output=True, text=True).stdout.split()
 
-    containers = names("docker", "ps", "-aq", "--filter", f"label=kit.site={SITE}")
-    if containers:
-        subprocess.run(["docker", "rm", "-f", *containers], capture_output=True)
-    volumes = names("docker", "volume", "ls", "-q", "--filter", f"label=kit.site={SITE}")
-    if volumes:
-        subprocess.run(["docker", "volume", "rm", *volumes], capture_output=True)
-    subprocess.run(["docker", "network", "rm", f"kit-{SITE}"], capture_output=True)
+    for name in TEST_SITES:
+        containers = names("docker", "ps", "-aq", "--filter", f"label=kit.site={name}")
+        if containers:
+            subprocess.run(["docker", "rm", "-f", *containers], capture_output=True)
+        volumes = names("docker", "volume", "ls", "-q", "--filter", f"label=kit.site={name}")
+        if volumes:
+            subprocess.run(["docker", "volume", "rm", *volumes], capture_output=True)
+        subprocess.run(["docker", "network", "rm", f"kit-{name}"], capture_output=True)
+        shutil.rmtree(f"/etc/kit/{name}", ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

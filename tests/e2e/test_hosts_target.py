@@ -57,13 +57,13 @@ def hosts_site(tmp_path_factory):
     build_image()
     with TestHosts(list(MACHINES), tmp_path_factory.mktemp("machines")) as th:
         folder = tmp_path_factory.mktemp("hosts-site")
-        site = {
-            "name": SITE, "target": "hosts", "users": 50, "http": {"port": PORT},
-            "moodle": {"source": str(SRC)}, "images": {"base": OFFLINE_BASE_TAG},
-            "hosts": {"ssh_config": str(th.ssh_config), "moodledata": "/srv/moodledata",
-                      "machines": [{"name": m, "address": th.address(m), "roles": roles}
-                                   for m, roles in MACHINES.items()]},
-        }
+        machines = [f"--machine={m}={th.address(m)}:{','.join(roles)}" for m, roles in MACHINES.items()]
+        result = kit("init", "--name", SITE, "--target", "hosts", "--users", "50", "--port", str(PORT),
+                     "--moodle-source", str(SRC), "--base-image", OFFLINE_BASE_TAG, "--ssh-config", str(th.ssh_config),
+                     *machines, cwd=folder)
+        assert result.returncode == 0, result.stderr
+        site = yaml.safe_load((folder / "site.yaml").read_text())
+        site["hosts"]["moodledata"] = "/srv/moodledata"
         (folder / "site.yaml").write_text(yaml.safe_dump(site, sort_keys=False))
         started = time.monotonic()
         result = kit("up", "--yes", cwd=folder)
