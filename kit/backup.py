@@ -4,6 +4,7 @@ A Moodle version upgrade needs a recent one.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -129,6 +130,8 @@ def restore(target: LocalTarget, folder: Path) -> dict[str, Any]:
         raise KitError("`kit restore` restores the kit's own PostgreSQL; this site's database is external")
     engine = target.engine
     admin = target.database("admin")
+    # DROP DATABASE may not run on a connection to that database: the admin works from `postgres`.
+    maintenance_db = db.Database(dataclasses.replace(admin.endpoint, dbname="postgres"), admin.login, "admin")
     # The dump's own table of contents must read before the database is touched.
     if from_file(["docker", "exec", "-i", names.db, "pg_restore", "--list"], folder / "db.dump",
                  quiet_output=True) != 0:
@@ -139,7 +142,7 @@ def restore(target: LocalTarget, folder: Path) -> dict[str, Any]:
     target.moodle_cli(["admin/cli/maintenance.php", "--enable"])
     engine.stop(tasks)
     try:
-        with admin.connect() as conn:
+        with maintenance_db.connect() as conn:
             conn.execute("drop database if exists moodle with (force)")
             conn.execute("create database moodle owner moodle encoding 'UTF8' template template0")
         if from_file(["docker", "exec", "-i", "-u", "postgres", names.db, "pg_restore", "-d", "moodle", "--no-owner",
