@@ -99,6 +99,18 @@ def cli() -> None:
               help="An external PostgreSQL (postgresql://USER@HOST:PORT/DB?sslmode=...), instead of the kit's own; "
                    "its password is read with --db-password-stdin.")
 @click.option("--db-password-stdin", is_flag=True, help="Read the external database's password from stdin.")
+@click.option("--tls", "tls_mode", type=click.Choice(["acme", "files", "self-signed", "proxy"]), default=None,
+              help="Where HTTPS ends (an https --url needs one): acme (Let's Encrypt or --acme-directory), files "
+                   "(--cert, --key), self-signed (a trial: browsers warn), proxy (a proxy of yours).")
+@click.option("--acme-email", default=None, help="acme: the ACME account's e-mail.")
+@click.option("--acme-directory", default=None, help="acme: ACME directory URL (default: Let's Encrypt).")
+@click.option("--acme-ca-bundle", default=None, type=click.Path(dir_okay=False),
+              help="acme: CA file of a private ACME directory's own HTTPS (e.g. a test CA).")
+@click.option("--cert", "cert_file", default=None, type=click.Path(dir_okay=False),
+              help="files: certificate chain (PEM, the site's first).")
+@click.option("--key", "key_file", default=None, type=click.Path(dir_okay=False), help="files: its private key.")
+@click.option("--https-port", type=click.IntRange(1, 65535), default=None,
+              help="HTTPS port the edge publishes (default 443; not with --tls proxy).")
 @click.option("--namespace", default=None, help="k8s: Kubernetes namespace (default: moodle).")
 @click.option("--host", "k8s_host", default=None, help="k8s: Ingress host name; the URL becomes https://HOST.")
 @click.option("--machine", "machines", multiple=True, metavar="NAME=ADDRESS:ROLE[,ROLE]",
@@ -109,8 +121,9 @@ def cli() -> None:
 @SITE_OPTION
 def init(users: int, moodle_source: str | None, moodle_ref: str | None, name: str, port: int, bind: str,
          url: str | None, base_image: str | None, target: str, external_db: str | None, db_password_stdin: bool,
-         namespace: str | None, k8s_host: str | None, machines: tuple[str, ...], ssh_config: str | None,
-         force: bool, site_path: str) -> None:
+         tls_mode: str | None, acme_email: str | None, acme_directory: str | None, acme_ca_bundle: str | None,
+         cert_file: str | None, key_file: str | None, https_port: int | None, namespace: str | None,
+         k8s_host: str | None, machines: tuple[str, ...], ssh_config: str | None, force: bool, site_path: str) -> None:
     """Write site.yaml and generate the site's secrets (owner-only) and identity.
 
     Refuses a site name already in use on this host: two folders never manage one site.
@@ -133,6 +146,10 @@ def init(users: int, moodle_source: str | None, moodle_ref: str | None, name: st
         data["images"] = {"base": base_image}
     if external_db:
         data["database"] = {"external": external_db}
+    tls = {"mode": tls_mode, "acme_email": acme_email, "acme_directory": acme_directory, "port": https_port,
+           "acme_ca_bundle": _abs(acme_ca_bundle), "cert": _abs(cert_file), "key": _abs(key_file)}
+    if any(v is not None for v in tls.values()):
+        data["tls"] = {k: v for k, v in tls.items() if v is not None}
     if bool(external_db) != db_password_stdin:
         raise UsageError("--database-external and --db-password-stdin go together (the password never goes on "
                          "the command line)")
@@ -164,6 +181,10 @@ def init(users: int, moodle_source: str | None, moodle_ref: str | None, name: st
     click.echo(f"wrote {path} (site {site.name!r}, {site.users} users, {site.url})")
     click.echo(f"secrets in {site.secrets_file} (mode 0600)")
     click.echo("next: `kit plan` to review the tuning, `kit doctor` to check this host, then `kit up`")
+
+
+def _abs(path: str | None) -> str | None:
+    return str(Path(os.path.expanduser(path)).resolve()) if path else None
 
 
 def _refuse_name_in_use(target: Target) -> None:
@@ -456,6 +477,15 @@ def maintenance(state: str, message: str | None, site_path: str) -> None:
     if message is not None and state == "off":
         raise UsageError("--message goes with `kit maintenance on`")
     _target(site_path, "maintenance").maintenance(on=state == "on", message=message)
+
+
+@cli.command()
+@click.option("--renew", is_flag=True, help="Get a new certificate now (acme: a forced renewal; self-signed: a new "
+                                            "one), loaded with a graceful edge reload.")
+@SITE_OPTION
+def certs(renew: bool, site_path: str) -> None:
+    """The certificate the edge serves: issuer, names, expiry, next renewal."""
+    _target(site_path, "certs").certs(renew=renew)
 
 
 @cli.command()

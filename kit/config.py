@@ -286,6 +286,46 @@ class DatabaseSettings(_Strict):
                 "sslmode": query.get("sslmode", ["prefer"])[0]}
 
 
+class SecuritySettings(_Strict):
+    """Moodle's security settings the kit owns: forced in config.php, so the admin UI shows
+    them as set by the site's config (change them here, then `kit up`)."""
+
+    lockout_threshold: int = Field(10, ge=0, le=1000, description="failed logins before an account locks (0: never)")
+    lockout_window_min: int = Field(30, ge=1, le=1440, description="minutes the failed logins are counted over")
+    lockout_duration_min: int = Field(30, ge=1, le=10080, description="minutes an account stays locked")
+    password_policy: bool = Field(True, description="Moodle's password policy (length, digits, cases, symbols)")
+    password_min_length: int = Field(10, ge=8, le=128)
+    self_registration: bool = Field(False, description="email-based self-registration on the login page")
+    frame_embedding: bool = Field(False, description="allow other sites to embed Moodle in frames")
+
+
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+TLS_MODES = ("acme", "files", "self-signed", "proxy")
+
+
+class TlsSettings(_Strict):
+    """Where HTTPS ends. acme, files and self-signed: at the kit's edge (it publishes
+    tls.port, and http.port redirects to it); proxy: at a proxy of yours, in front of the
+    edge's plain http.port. An http:// url has no TLS."""
+
+    mode: Literal["acme", "files", "self-signed", "proxy"] | None = Field(
+        None, description="acme (Let's Encrypt or any ACME directory), files (your certificate), self-signed "
+                          "(a trial), proxy (TLS ends at your proxy)")
+    port: int = Field(443, ge=1, le=65535, description="HTTPS port the edge publishes (not in proxy mode)")
+    cert: str | None = Field(None, description="files: the certificate chain (PEM: the site's first, then "
+                                               "intermediates)")
+    key: str | None = Field(None, description="files: its private key (PEM)")
+    acme_email: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+$", description="acme: the account's e-mail")
+    acme_directory: str = Field(LETS_ENCRYPT, description="acme: the ACME directory URL")
+    acme_ca_bundle: str | None = Field(None, description="acme: CA file that signs a private ACME directory's "
+                                                         "own HTTPS (a test CA such as pebble's)")
+    hsts_max_age: int = Field(31536000, ge=0, le=63072000, description="Strict-Transport-Security max-age (s)")
+
+    @property
+    def at_edge(self) -> bool:
+        return self.mode in ("acme", "files", "self-signed")
+
+
 class Site(_Strict):
     name: str = Field("moodle", pattern=r"^[a-z][a-z0-9-]{0,30}$")
     target: Literal["local", "hosts", "k8s"] = "local"
@@ -300,6 +340,8 @@ class Site(_Strict):
     hosts: HostsSettings = HostsSettings()
     performance: PerformanceSettings = PerformanceSettings()
     database: DatabaseSettings = DatabaseSettings()
+    tls: TlsSettings = TlsSettings()
+    security: SecuritySettings = SecuritySettings()
 
     # Where the site lives on disk; not part of site.yaml.
     site_dir: Path = Field(Path("."), exclude=True)
@@ -319,6 +361,7 @@ class Site(_Strict):
         if self.database.external and self.target == "k8s":
             raise ValueError("database.external is for targets local and hosts; on k8s set kubernetes.database: "
                              "external and kubernetes.database_host")
+        self._check_tls()
         if self.url is not None and self.target != "k8s" and self.url.startswith("http://"):
             url_port = urlparse(self.url).port or 80
             if url_port != self.http.port:
@@ -337,6 +380,36 @@ class Site(_Strict):
             port = "" if self.http.port == 80 else f":{self.http.port}"
             object.__setattr__(self, "url", f"http://{host}{port}")
         return self
+
+    def _check_tls(self) -> None:
+        tls = self.tls
+        https = (self.url or "").startswith("https://")
+        if self.target == "k8s":
+            if tls.mode is not None:
+                raise ValueError("tls: on target k8s the Ingress serves TLS: remove the tls section and set "
+                                 "kubernetes.cert_manager_issuer or kubernetes.tls_secret")
+            return
+        if tls.mode is None and https:
+            raise ValueError(f"url {self.url} is https: choose tls.mode: acme (Let's Encrypt), files (your "
+                             "certificate), self-signed (a trial) or proxy (TLS ends at your proxy)")
+        if tls.mode is not None and not https:
+            raise ValueError(f"tls.mode {tls.mode} needs an https:// url (got {self.url or 'none'})")
+        if tls.mode == "files" and not (tls.cert and tls.key):
+            raise ValueError("tls.mode files needs tls.cert and tls.key (PEM files)")
+        if tls.mode != "files" and (tls.cert or tls.key):
+            raise ValueError("tls.cert and tls.key are for tls.mode files")
+        if tls.mode == "acme" and not tls.acme_email:
+            raise ValueError("tls.mode acme needs tls.acme_email (the ACME account's e-mail)")
+        if tls.mode == "acme" and tls.acme_directory == LETS_ENCRYPT and self.http.port != 80:
+            raise ValueError(f"Let's Encrypt checks the site on port 80 (HTTP-01): set http.port: 80 (got "
+                             f"{self.http.port})")
+        if tls.at_edge:
+            url_port = urlparse(self.url or "").port or 443
+            if url_port != tls.port:
+                raise ValueError(f"url {self.url} is served on port {url_port}, but the edge publishes tls.port "
+                                 f"{tls.port}: make them the same")
+            if tls.port == self.http.port:
+                raise ValueError(f"tls.port and http.port are both {tls.port}: the edge needs one of each")
 
     # --- paths -----------------------------------------------------------------
     @property
@@ -357,6 +430,12 @@ class Site(_Strict):
 
     @property
     def tls_at_proxy(self) -> bool:
+        """TLS ends at a proxy of the university's (or the Ingress on k8s): Moodle's sslproxy."""
+        return (self.url or "").startswith("https://") and not self.tls.at_edge
+
+    @property
+    def https(self) -> bool:
+        """Users reach Moodle over HTTPS (wherever TLS ends): secure cookies, HTTPS=on for PHP."""
         return (self.url or "").startswith("https://")
 
     @property

@@ -44,6 +44,7 @@ class Endpoint:
     port: int
     dbname: str = "moodle"
     sslmode: str = "prefer"
+    sslrootcert: str = ""        # the CA that signs the server's certificate (verify-full)
 
     @property
     def label(self) -> str:
@@ -96,10 +97,13 @@ class Database:
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection[Any]]:
         try:
-            conn = psycopg.connect(host=self.endpoint.host, port=self.endpoint.port, dbname=self.endpoint.dbname,
-                                   user=self.login.user, password=self.login.password,
-                                   sslmode=self.endpoint.sslmode, connect_timeout=CONNECT_TIMEOUT_S,
-                                   application_name=f"kit-{self.role}", autocommit=True)
+            params: dict[str, Any] = {"host": self.endpoint.host, "port": self.endpoint.port,
+                                      "dbname": self.endpoint.dbname, "user": self.login.user,
+                                      "password": self.login.password, "sslmode": self.endpoint.sslmode,
+                                      "connect_timeout": CONNECT_TIMEOUT_S, "application_name": f"kit-{self.role}"}
+            if self.endpoint.sslrootcert:
+                params["sslrootcert"] = self.endpoint.sslrootcert
+            conn = psycopg.connect(autocommit=True, **params)
         except psycopg.Error as exc:
             raise KitError(_one_line(self.endpoint, self.login.user, exc)) from None
         try:

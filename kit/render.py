@@ -29,6 +29,7 @@ CONFIG_FILES = {
     "nginx.conf": ("web",),
     "edge.conf": (),  # the edge reloads on change; it is never restarted for config
     "postgresql.conf": ("db",),
+    "pg_hba.conf": ("db",),
     "redis.conf": ("redis",),
 }
 
@@ -83,7 +84,7 @@ class Names:
         import re
 
         pattern = (rf"{re.escape(self.prefix)}(-(db|redis|edge|cron|oneoff|web-[0-9]+(-nginx)?|worker-[0-9]+"
-                   r"|moodledata|pgdata|redisdata))?")
+                   r"|moodledata|pgdata|redisdata|letsencrypt))?")
         return re.fullmatch(pattern, name) is not None
 
 
@@ -92,6 +93,14 @@ def names_for(site: Site, tuning: Tuning) -> Names:
 
 
 LOCAL_HOST = "localhost"
+#: Where every Moodle container finds its secrets as files (a read-only mount; on
+#: Kubernetes, the Secret as a volume). config.php reads them; nothing else may.
+SECRETS_DIR = "/run/kit/secrets"
+#: The one-off install container's admin password, beside the others.
+INSTALL_SECRETS_DIR = "/run/kit/install"
+#: Inside the edge: where nginx finds the certificate (a mount, or links to certbot's), and
+#: the webroot certbot answers ACME HTTP-01 challenges from.
+EDGE = {"cert_dir": "/run/kit-tls", "acme_webroot": "/var/www/acme"}
 
 
 @dataclass(frozen=True)
@@ -104,7 +113,8 @@ class Topology:
     """
 
     db_endpoint: str
-    redis_endpoint: str
+    redis_endpoint: str                # where Moodle connects to Redis
+    redis_tunnel: str                  # hosts: the Redis machine's TLS port Moodle's local tunnel reaches
     replicas: dict[str, dict]          # replica name -> {host, upstream, publish}
     workers: dict[str, str]            # worker name -> host
     hosts_for: dict[str, list[str]]    # role -> inventory host names
@@ -128,7 +138,7 @@ def topology_for(site: Site, tuning: Tuning) -> Topology:
     external = site.database.external_parts() if site.database.external else None
     if site.target != "hosts":
         return Topology(
-            db_endpoint=str(external["host"]) if external else names.db, redis_endpoint=names.redis,
+            db_endpoint=str(external["host"]) if external else names.db, redis_endpoint=names.redis, redis_tunnel="",
             replicas={n: {"host": LOCAL_HOST, "upstream": f"{n}-nginx:80", "publish": []} for n in names.web},
             workers={n: LOCAL_HOST for n in names.worker},
             hosts_for={role: [] if role == "db" and external else [LOCAL_HOST]
@@ -143,7 +153,11 @@ def topology_for(site: Site, tuning: Tuning) -> Topology:
     runners = hosts.with_role("worker") or hosts.with_role("cron")
     db, redis = hosts.with_role("db")[0], hosts.with_role("redis")[0]
     return Topology(
-        db_endpoint=str(external["host"]) if external else db.address, redis_endpoint=redis.address,
+        # Moodle 4.5's session handler cannot open TLS to a single Redis ("tls://host" breaks
+        # its host:port parsing), so each Moodle container reaches Redis through a local TLS
+        # tunnel (socat, checking the site CA's certificate) on 127.0.0.1:6379.
+        db_endpoint=str(external["host"]) if external else db.address, redis_endpoint="127.0.0.1",
+        redis_tunnel=f"{redis.address}:6379",
         replicas={n: {"host": m.name, "upstream": f"{m.address}:{hosts.web_port}",
                       "publish": [f"{m.address}:{hosts.web_port}:80"]} for n, m in zip(names.web, web, strict=False)},
         workers={n: runners[i % len(runners)].name for i, n in enumerate(names.worker)},
@@ -165,7 +179,7 @@ def render_files(site: Site, tuning: Tuning) -> dict[str, str]:
     """Config files as text, keyed by file name."""
     env = _env()
     ctx = {"site": site, "tuning": tuning, "names": names_for(site, tuning), "topology": topology_for(site, tuning),
-           "database": database_vars(site, tuning)}
+           "database": database_vars(site, tuning), "secrets_dir": SECRETS_DIR, "edge": EDGE}
     return {name: env.get_template(f"{name}.j2").render(**ctx) for name in CONFIG_FILES}
 
 
@@ -194,6 +208,7 @@ def driver_vars(site: Site, tuning: Tuning, images: ImageSet, files: dict[str, s
             "cron": names.cron, "web": names.web, "worker": names.worker,
             "moodledata": names.volume("moodledata"), "pgdata": names.volume("pgdata"),
             "redisdata": names.volume("redisdata"), "prefix": names.prefix, "oneoff": names.oneoff,
+            "letsencrypt": names.volume("letsencrypt"),
         },
         "kit_web_replicas": tuning.web_replicas,
         "kit_workers": tuning.workers,
@@ -209,6 +224,8 @@ def driver_vars(site: Site, tuning: Tuning, images: ImageSet, files: dict[str, s
         "kit_db": database_vars(site, tuning),
         "kit_cron_host": topo.hosts_for["cron"][0],
         "kit_redis_endpoint": topo.redis_endpoint,
+        "kit_redis_tunnel": topo.redis_tunnel,
+        "kit_network_tls": tuning.network_tls,
         "kit_publish": topo.publish,
         "kit_moodledata_mount": {**topo.moodledata, "target": "/var/moodledata"},
         "kit_moodle": {
@@ -216,7 +233,18 @@ def driver_vars(site: Site, tuning: Tuning, images: ImageSet, files: dict[str, s
             "fullname": site.moodle.fullname, "shortname": site.moodle.shortname,
         },
         "kit_config_files": sorted(CONFIG_FILES),
+        "kit_secrets_dir": SECRETS_DIR,
+        "kit_tls": tls_vars(site),
+        "kit_install_secrets_dir": INSTALL_SECRETS_DIR,
     }
+
+
+def tls_vars(site: Site) -> dict[str, object]:
+    """What the edge role needs to end TLS (nothing secret: the key is a file the kit stages)."""
+    tls = site.tls
+    return {"mode": tls.mode or "off", "at_edge": tls.at_edge, "port": tls.port,
+            "host": urlparse(site.url or "").hostname or "", "cert_dir": EDGE["cert_dir"],
+            "acme_ca_bundle": bool(tls.acme_ca_bundle)}
 
 
 def database_vars(site: Site, tuning: Tuning) -> dict[str, object]:

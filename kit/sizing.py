@@ -107,6 +107,7 @@ class Tuning:
     levers: dict[str, bool] = field(default_factory=dict)
     fpm_static: bool = True               # pm = static: children (and their DB connections) stay up
     db_sslmode: str = "prefer"            # libpq sslmode Moodle connects with
+    network_tls: bool = False             # PostgreSQL and Redis links between machines: TLS, site CA
     opcache_interned_mb: int = 16
     opcache_revalidate_s: int = 60
     realpath_cache_ttl_s: int = 600
@@ -123,7 +124,7 @@ class Tuning:
             out.append((f"lever.{key}", "on" if on else "off", self.reasons.get(f"lever.{key}", "")))
         for key in INT_FIELDS:
             out.append((key, str(getattr(self, key)), self.reasons.get(key, "")))
-        for key in ("fpm_static", "db_sslmode"):
+        for key in ("fpm_static", "db_sslmode", "network_tls"):
             out.append((key, str(getattr(self, key)).lower(), self.reasons.get(key, "")))
         for key, value in self.postgres.items():
             out.append((f"postgres.{key}", value, self.reasons.get(f"postgres.{key}", "")))
@@ -135,6 +136,7 @@ class Tuning:
         data["levers"] = dict(self.levers)
         data["db_sslmode"] = self.db_sslmode
         data["fpm_static"] = self.fpm_static
+        data["network_tls"] = self.network_tls
         data["host"] = {"cpus": self.host.cpus, "memory_mb": self.host.memory_mb}
         data["users"] = self.users
         return data
@@ -283,9 +285,9 @@ def plan(site: Site, host: HostResources | None = None) -> Tuning:
         why["postgres.ssl"] = "lever db_tls_local_off off: TLS on, as Debian's package ships it"
         why["db_sslmode"] = "libpq's default: TLS whenever the server offers it"
     elif leaves:
-        pg["ssl"], sslmode = "on", "require"
-        why["postgres.ssl"] = "the database link leaves the machine: encrypted"
-        why["db_sslmode"] = "refuse an unencrypted link to a database on another machine"
+        pg["ssl"], sslmode = "on", "verify-full"
+        why["postgres.ssl"] = "the database link leaves the machine: encrypted, with the site CA's certificate"
+        why["db_sslmode"] = "refuse an unencrypted or unverified link to a database on another machine"
     elif site.target == "k8s":
         pg["ssl"], sslmode = "on", "prefer"
         why["postgres.ssl"] = "the database is reached over the cluster network"
@@ -304,11 +306,15 @@ def plan(site: Site, host: HostResources | None = None) -> Tuning:
                                       "(60 s idle + 6 probes x 10 s)")
     pg["synchronous_commit"] = "on"
     why["postgres.synchronous_commit"] = "durability is not a tuning lever"
+    why["network_tls"] = ("PostgreSQL and Redis are reached across machines: TLS with certificates of the site's own "
+                          "CA, plain connections refused" if site.target == "hosts"
+                          else "every link stays inside one host's Docker network or the cluster's")
 
     return Tuning(
         host=host, users=users, web_replicas=replicas, fpm_max_children=per_replica,
         fpm_start_servers=start, fpm_min_spare=min_spare, fpm_max_spare=max_spare,
         php_memory_limit_mb=256, workers=workers, adhoc_concurrency_limit=adhoc_limit, redis_maxmemory_mb=redis_mb,
         postgres=pg, levers=levers, fpm_static=levers["fpm_sized"], db_sslmode=sslmode, realpath_cache_ttl_s=ttl,
+        network_tls=site.target == "hosts",
         reasons=why, **opcache,
     )

@@ -5,7 +5,8 @@ step, plus the exam-start surge. Run by `kit loadtest run`, or directly:
 
 Settings come from the environment (never the command line: it holds the password):
   KIT_LT_TARGET      JSON from `kit loadtest seed` (course, page, forum, discussion, quiz ids, users)
-  KIT_LT_PASSWORD    password of the generated users (tool_generator_users_password)
+  KIT_LT_PASSWORD_FILE  a file with the password of the generated users (tool_generator_users_password);
+                     or KIT_LT_PASSWORD, the password itself (by hand only: `kit loadtest` uses the file)
   KIT_LT_JOURNEY     moodle (default) | exam
   KIT_LT_THINK       think time range in seconds between steps, "min,max" (default 1,3)
   KIT_LT_SHAPE       steady (default) | surge, with KIT_LT_PEAK, KIT_LT_STEP, KIT_LT_STEP_TIME
@@ -20,6 +21,7 @@ import random
 import time
 
 import requests  # noqa: E402,I001  (after locust: it monkey-patches ssl first)
+import urllib3  # noqa: E402
 from locust import HttpUser, LoadTestShape, events, task
 from locust.clients import LocustHttpAdapter
 from locust.exception import StopUser
@@ -29,11 +31,17 @@ from urllib3.util.retry import Retry  # noqa: E402
 from kit.loadtest import pages
 
 TARGET = json.loads(open(os.environ["KIT_LT_TARGET"]).read()) if os.environ.get("KIT_LT_TARGET") else {}
-PASSWORD = os.environ.get("KIT_LT_PASSWORD", "")
+PASSWORD = (open(os.environ["KIT_LT_PASSWORD_FILE"]).read().strip() if os.environ.get("KIT_LT_PASSWORD_FILE")
+            else os.environ.get("KIT_LT_PASSWORD", ""))
 THINK_MIN, THINK_MAX = (float(x) for x in os.environ.get("KIT_LT_THINK", "1,3").split(","))
 JOURNEY = os.environ.get("KIT_LT_JOURNEY", "moodle")
 WINDOW = float(os.environ.get("KIT_LT_WINDOW", "60"))
 HOST_HEADER = os.environ.get("KIT_LT_HOST_HEADER")
+# The kit's own site through its local address (an IP, the name in the Host header): its
+# certificate cannot match the address, so it is not checked (`kit certs` checks it).
+VERIFY = os.environ.get("KIT_LT_VERIFY", "1") != "0"
+if not VERIFY:
+    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 FAIL_DIR = os.environ.get("KIT_LT_FAIL_DIR")  # failed responses are kept here for a person to read
 _saved_failures = itertools.count()
 TIMEOUT = (5, 30)
@@ -70,6 +78,7 @@ def warm_up(environment, **_kwargs) -> None:
     if isinstance(environment.runner, WorkerRunner) or not TARGET or not environment.host:
         return
     session = requests.Session()
+    session.verify = VERIFY
     if HOST_HEADER:
         session.headers["Host"] = HOST_HEADER
     base, t = environment.host.rstrip("/"), TARGET
@@ -102,6 +111,7 @@ class MoodleUser(HttpUser):
         for prefix in ("http://", "https://"):
             self.client.mount(prefix, LocustHttpAdapter(pool_manager=None, max_retries=retry))
         self.client.headers["User-Agent"] = "kit-loadtest (locust)"
+        self.client.verify = VERIFY
         if HOST_HEADER:
             self.client.headers["Host"] = HOST_HEADER
         self.username = _next_username(self.environment)

@@ -1,6 +1,6 @@
 """The chart's Job and runner scripts (charts/moodle/files/scripts), run here with stand-ins
-for php, psql and pg_isready on PATH instead of a Moodle pod on a cluster: they check the
-order of Moodle CLI calls the scripts make, not Moodle itself.
+for php and pg_isready on PATH instead of a Moodle pod on a cluster: they check the order of
+Moodle CLI calls the scripts make, not Moodle itself.
 """
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ from kit.k8s.values import chart_dir
 SCRIPTS = chart_dir() / "files" / "scripts"
 
 FAKE_PHP = """#!/bin/sh
+case "$*" in
+  *install_state.php*) echo "${FAKE_INSTALLED:-installed}"; exit 0 ;;
+esac
 echo "php $*" >> "$FAKE_LOG"
 case "$*" in
   -r*) exit 0 ;;
@@ -26,11 +29,8 @@ case "$*" in
 esac
 exit 0
 """
-FAKE_PSQL = """#!/bin/sh
-echo "psql $*" >> "$FAKE_LOG"
-echo "${FAKE_INSTALLED:-t}"
-"""
 FAKE_PG_ISREADY = """#!/bin/sh
+echo "pg_isready $*" >> "$FAKE_LOG"
 exit 0
 """
 
@@ -38,10 +38,12 @@ exit 0
 @pytest.fixture
 def pod(tmp_path: Path) -> Path:
     """A folder standing in for a Moodle pod: the scripts (their /opt/kit-chart path pointed
-    here) and fake php, psql and pg_isready first on PATH."""
+    here), fake php and pg_isready first on PATH, and the Secret's files."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, text in (("php", FAKE_PHP), ("psql", FAKE_PSQL), ("pg_isready", FAKE_PG_ISREADY)):
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "db_user").write_text("moodle_a")
+    for name, text in (("php", FAKE_PHP), ("pg_isready", FAKE_PG_ISREADY)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     for script in SCRIPTS.glob("*.sh"):
@@ -55,7 +57,8 @@ def run_script(pod: Path, name: str, **env: str) -> tuple[int, list[str], str]:
     log = pod / "calls.log"
     log.write_text("")
     full_env = {**os.environ, "PATH": f"{pod / 'bin'}:{os.environ['PATH']}", "FAKE_LOG": str(log),
-                "KIT_DB_HOST": "db.example", "KIT_DB_USER": "moodle", "KIT_REDIS_HOST": "redis.example", **env}
+                "KIT_DB_HOST": "db.example", "KIT_REDIS_HOST": "redis.example",
+                "KIT_SECRETS_DIR": str(pod / "secrets"), **env}
     proc = subprocess.run(["sh", str(pod / name)], env=full_env, capture_output=True, text=True, timeout=30)
     calls = [line.replace("php ", "", 1) for line in log.read_text().splitlines() if line.startswith("php ")
              and not line.startswith("php -r")]
@@ -93,18 +96,20 @@ def test_upgrade_hook_with_fake_moodle_cli_failure_leaves_maintenance_on(pod):
 
 
 def test_upgrade_hook_with_fake_moodle_cli_skips_an_empty_database(pod):
-    code, calls, _ = run_script(pod, "upgrade.sh", FAKE_INSTALLED="f", FAKE_PENDING="2")
+    code, calls, _ = run_script(pod, "upgrade.sh", FAKE_INSTALLED="empty", FAKE_PENDING="2")
     assert code == 0 and calls == []
 
 
 def test_install_job_with_fake_moodle_cli_installs_only_an_empty_database(pod):
-    code, calls, _ = run_script(pod, "install.sh", FAKE_INSTALLED="f")
+    code, calls, _ = run_script(pod, "install.sh", FAKE_INSTALLED="empty")
     assert code == 0
     assert calls == ["/opt/kit/install.php", "/opt/kit/configure.php"]
-    code, calls, _ = run_script(pod, "install.sh", FAKE_INSTALLED="t")
+    log = (pod / "calls.log").read_text()
+    assert "pg_isready -q -h db.example -p 5432 -d moodle -U moodle_a" in log   # the user from the Secret's file
+    code, calls, _ = run_script(pod, "install.sh", FAKE_INSTALLED="installed")
     assert code == 0
     assert calls == ["/opt/kit/configure.php"]
-    code, calls, out = run_script(pod, "install.sh", FAKE_INSTALLED="psql: error")
+    code, calls, out = run_script(pod, "install.sh", FAKE_INSTALLED="Database connection failed")
     assert code != 0 and calls == [] and "cannot tell" in out
 
 

@@ -47,7 +47,8 @@ def test_one_replica_per_web_machine_and_the_edge_proxies_to_their_addresses(tmp
                                                                     "kit-hs-web-2": "10.0.0.12:8081"}
     assert topo.replicas["kit-hs-web-2"]["publish"] == ["10.0.0.12:8081:80"]
     assert set(topo.workers.values()) <= {"app1", "app2"}
-    assert (topo.db_endpoint, topo.redis_endpoint) == ("10.0.0.10", "10.0.0.10")
+    # Moodle reaches Redis through its local TLS tunnel to the Redis machine.
+    assert (topo.db_endpoint, topo.redis_endpoint, topo.redis_tunnel) == ("10.0.0.10", "127.0.0.1", "10.0.0.10:6379")
     assert topo.moodledata == {"type": "bind", "source": "/srv/moodledata"}
     files = render.render_files(site, tuning)
     assert "$CFG->dbhost    = '10.0.0.10';" in files["config.php"]

@@ -86,14 +86,18 @@ def test_one_lever_on_stock_changes_only_its_own_files(site_dir, fake_moodle, le
     assert "synchronous_commit = 'on'" in alone["postgresql.conf"]
 
 
-def test_database_on_another_machine_gets_required_tls(site_dir, fake_moodle):
+def test_links_to_other_machines_get_verified_tls(site_dir, fake_moodle):
     hosts = {"machines": [{"name": "data", "address": "10.0.0.10", "roles": ["edge", "db", "redis", "cron"]},
                           {"name": "app1", "address": "10.0.0.11", "roles": ["web", "worker"]}]}
     tuning, files = files_for(make(site_dir, fake_moodle, target="hosts", hosts=hosts))
     assert pg_settings(files["postgresql.conf"])["ssl"] == "on"
-    assert "'ssl' => 'require'," in files["config.php"]
+    assert "'ssl' => 'verify-full'," in files["config.php"]
     assert "'dbpersist' => true," in files["config.php"]
-    assert tuning.db_sslmode == "require"
+    assert tuning.db_sslmode == "verify-full" and tuning.network_tls
+    assert "ssl_cert_file = '/run/kit/tls/server.crt'" in files["postgresql.conf"]
+    assert "hostnossl all all 0.0.0.0/0       reject" in files["pg_hba.conf"]
+    assert "port 0\ntls-port 6379" in files["redis.conf"]
+    assert "$CFG->session_redis_host = '127.0.0.1';" in files["config.php"]   # through the local TLS tunnel
 
 
 def test_unknown_lever_and_k8s_overrides_are_refused(site_dir, fake_moodle):

@@ -18,6 +18,7 @@ IMAGES = ImageSet("kit/php:1", "kit/moodle:2", "kit/moodle-web:2", "kit/postgres
 @pytest.fixture
 def site(site_dir, fake_moodle):
     return load_site(write_site(site_dir, {"name": "r1", "users": 400, "url": "https://lms.example.edu",
+                                           "tls": {"mode": "proxy"},
                                            "moodle": {"source": str(fake_moodle)}}))
 
 
@@ -61,7 +62,8 @@ def test_config_php_is_cluster_ready(site):
     for needle in ("$CFG->wwwroot   = 'https://lms.example.edu';", "$CFG->sslproxy  = true;",
                    "\\core\\session\\redis", "session_redis_acquire_lock_retry", "X-Accel-Redirect",
                    "$CFG->localcachedir = '/var/cache/moodle';", "disableupdateautodeploy = true",
-                   "$CFG->cronclionly = true;", "postgres_lock_factory", "getenv('KIT_DB_PASSWORD')"):
+                   "$CFG->cronclionly = true;", "postgres_lock_factory", "$CFG->dbpass    = kit_secret('db_password');",
+                   "file_get_contents('/run/kit/secrets/' . $name)"):
         assert needle in php, needle
 
 

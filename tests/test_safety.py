@@ -128,7 +128,8 @@ def test_an_http_url_whose_port_is_not_the_published_one_is_refused(tmp_path):
         parse_site({"url": "http://lms.example.edu"}, site_dir=tmp_path)
     assert parse_site({"url": "http://lms.example.edu:8080"}, site_dir=tmp_path).public_port == 8080
     # TLS at a proxy of yours: its port is the proxy's.
-    assert parse_site({"url": "https://lms.example.edu"}, site_dir=tmp_path).public_port == 443
+    assert parse_site({"url": "https://lms.example.edu", "tls": {"mode": "proxy"}},
+                      site_dir=tmp_path).public_port == 443
 
 
 # --- Moodle's code is checked before anything is built -------------------------------------------------

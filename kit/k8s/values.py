@@ -14,7 +14,7 @@ from kit import ROOT
 from kit.config import Site
 from kit.errors import KitError
 from kit.images import ImageSet
-from kit.render import Names, _env, database_vars, names_for, render_files, topology_for
+from kit.render import SECRETS_DIR, Names, _env, database_vars, names_for, render_files, topology_for
 from kit.sizing import CHILDREN_PER_CPU, DB_RAM_SHARE, PHP_WORKER_MB, Tuning, pg_to_kb
 
 #: PostgreSQL parameters CloudNativePG sets itself and refuses in a Cluster spec, with why.
@@ -85,7 +85,8 @@ def config_texts(site: Site, tuning: Tuning) -> dict[str, str]:
                                    redis_endpoint=REDIS_HOST_PLACEHOLDER)
     database = {**database_vars(site, tuning), "host": DB_HOST_PLACEHOLDER}
     config_php = _env().get_template("config.php.j2").render(site=site, tuning=tuning, names=names,
-                                                             topology=topology, database=database)
+                                                             topology=topology, database=database,
+                                                             secrets_dir=SECRETS_DIR)
     return {
         "configPhp": config_php,
         "phpIni": files["php.ini"],

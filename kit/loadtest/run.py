@@ -9,6 +9,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import click
 
 from kit import ROOT
+from kit.config import write_private
 from kit.errors import KitError
 from kit.runner import run
 
@@ -178,9 +180,11 @@ class LocustJob:
             return (steps + 1) * self.step_time_s
         return self.duration_s
 
-    def env(self) -> dict[str, str]:
+    def env(self, password_file: Path) -> dict[str, str]:
+        """locust's environment: settings, and where the users' password is (a file, never
+        the value: a process's environment is readable by its user)."""
         env = {
-            "KIT_LT_TARGET": str(self.target_file), "KIT_LT_PASSWORD": self.password,
+            "KIT_LT_TARGET": str(self.target_file), "KIT_LT_PASSWORD_FILE": str(password_file),
             "KIT_LT_JOURNEY": self.journey, "KIT_LT_THINK": self.think,
             "KIT_LT_PROCESSES": str(self.processes), "KIT_LT_WINDOW": str(self.window_s),
             "KIT_LT_SPAWN_RATE": str(self.spawn_rate), "KIT_LT_FAIL_DIR": str(self.out_dir / "failed-pages"),
@@ -190,8 +194,9 @@ class LocustJob:
         if self.shape == "surge":
             env.update({"KIT_LT_SHAPE": "surge", "KIT_LT_PEAK": str(self.peak), "KIT_LT_STEP": str(self.step),
                         "KIT_LT_STEP_TIME": str(self.step_time_s)})
-        if self.host_header:
+        if self.host_header:   # the kit's own site through its local address: see loadtests/moodle.py
             env["KIT_LT_HOST_HEADER"] = self.host_header
+            env["KIT_LT_VERIFY"] = "0"
         return env
 
 
@@ -211,7 +216,10 @@ def run_locust(job: LocustJob, slos: list[SLO], label: str) -> RunResult:
     started = time.monotonic()
     click.secho(f"==> {label}: {job.users if job.shape != 'surge' else job.peak} users, "
                 f"{duration:.0f}s against {job.host}", bold=True)
-    run(cmd, env=job.env(), quiet=True, check=True)
+    with tempfile.TemporaryDirectory(prefix="kit-locust-") as private:
+        password_file = Path(private) / "password"
+        write_private(password_file, job.password)
+        run(cmd, env={**job.env(password_file), "KIT_LT_PASSWORD": ""}, quiet=True, check=True)
     steps, total = read_stats(prefix)
     result = RunResult(label=label, users=job.users if job.shape != "surge" else job.peak,
                        duration_s=round(time.monotonic() - started, 1), steps=steps, total=total,
@@ -240,4 +248,12 @@ def ensure_locustfile() -> None:
 
 
 def default_env_password() -> str | None:
+    """The generated users' password for a site that is not this folder's: a file named by
+    KIT_LT_PASSWORD_FILE, or KIT_LT_PASSWORD itself."""
+    path = os.environ.get("KIT_LT_PASSWORD_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise KitError(f"KIT_LT_PASSWORD_FILE {path}: cannot be read ({exc.strerror})") from None
     return os.environ.get("KIT_LT_PASSWORD")

@@ -152,6 +152,10 @@ class Target:
     def rotate_secrets(self, *, db: bool, redis: bool) -> dict[str, str]:
         raise self._no("secrets rotate", "change the site's passwords with your platform's tools")
 
+    def certs(self, *, renew: bool) -> None:
+        """Show the certificate the edge serves (issuer, names, expiry, renewal); renew it."""
+        raise self._no("certs", "the certificate is served by your platform")
+
     def reset_password(self, username: str, password: str) -> None:
         self.moodle_cli(["/opt/kit/set_password.php"], stdin=f"{username}\n{password}\n".encode())
 

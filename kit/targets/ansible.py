@@ -41,6 +41,7 @@ def playbook(site: Site, name: str, *, owner: dict[str, str], extra: dict[str, o
         "-e", f"@{build / 'vars.yml'}",
         "-e", f"kit_build_dir={build}",
         "-e", f"kit_secrets_file={site.secrets_file}",
+        "-e", f"kit_state_dir={site.state_dir}",
         "-e", json.dumps({"kit_owner": owner}),
     ]
     for key, value in (extra or {}).items():

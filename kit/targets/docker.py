@@ -26,7 +26,7 @@ from kit.errors import KitError, OperationFailed, UsageError
 from kit.identity import Found, Owner
 from kit.images import ImageSet
 from kit.render import Names, names_for, render
-from kit.targets import Status, Target
+from kit.targets import Status, Target, certs
 from kit.targets.ansible import playbook
 
 QUEUE_AGE_WARN_S = 600      # Moodle's $CFG->adhoctaskagewarn default (10 min)
@@ -159,6 +159,7 @@ class DockerTarget(Target):
         containers = [c for c in self.containers() if c.role not in NOT_RUNTIME]
         if not containers:
             return []
+        served = certs.EdgeCertificates(self).runtime_check()
         bad = [f"{c.name} {c.state}/{c.health}" for c in containers
                if c.state != "running" or c.health not in ("healthy", "none")]
         checks = [Check("replicas", not bad, "all containers running and healthy" if not bad
@@ -180,7 +181,18 @@ class DockerTarget(Target):
                                              f"oldest overdue {queue.oldest_age_s}s (Moodle warns after "
                                              f"{QUEUE_AGE_WARN_S}s), {queue.failing} failing"
                                 + ("" if ok else ": see runbooks/queue-backlog.md")))
-        return checks
+        return checks + ([served] if served else []) + [self.security_check()]
+
+    def security_check(self) -> Check:
+        """Moodle's own security checks (admin/cli/checks.php --type=security): FAIL on an error
+        or a critical finding; warnings are named in the line."""
+        code, out = self.moodle_cli(["admin/cli/checks.php", "--type=security"], check=False, quiet=True)
+        found = re.findall(r"^\s*(Warning|Error|Critical)\s*\|\s*(.+?)\s*$", out, flags=re.M)
+        named = [f"{level.lower()}: {text}" for level, text in found]
+        if code >= 2 or code < 0:
+            return Check("security", False, f"Moodle's security checks found problems: {'; '.join(named) or out[-200:]}"
+                                            " (Site administration > Reports > Security checks)")
+        return Check("security", True, "Moodle's security checks: " + ("; ".join(named) if named else "all ok"))
 
     # --- status ---------------------------------------------------------------------------------
     def status(self) -> Status:
@@ -208,12 +220,20 @@ class DockerTarget(Target):
                 release = db.moodle_setting(monitor, "release") or ""
             except KitError as exc:
                 problems.append(f"database: {exc}")
+        lines_tls: list[tuple[str, str | None]] = []
+        if containers and self.site.tls.at_edge:
+            try:
+                cert = certs.EdgeCertificates(self).served()
+                lines_tls = [(f"  tls      {cert.issuer}, for {', '.join(cert.names)}, expires "
+                              f"{cert.not_after:%Y-%m-%d} ({cert.days_left():.0f} days)", None)]
+            except KitError as exc:
+                lines_tls = [(f"  tls      {exc}", "red")]
         ready = not problems
         rows = [c.as_dict() for c in containers]
         lines: list[tuple[str, str | None]] = [(f"  {c['role']:9} {c['name']:28} {c['state']:8} {c['health']:9} {c['image']}"
                   + (f"  on {c['machine']}" if "machine" in c else ""), None) for c in rows]
         return Status(url=self.site.url or "", ready=ready, reason="serving" if ready else "; ".join(problems),
-                      http=http_msg, containers=rows, queue=queue, moodle_release=release, lines=lines)
+                      http=http_msg, containers=rows, queue=queue, moodle_release=release, lines=lines_tls + lines)
 
     def wait_ready(self, timeout_s: float = 180, interval_s: float = 2) -> tuple[bool, str]:
         """Until the site is what `kit status` calls ready: every container running and healthy
@@ -294,6 +314,9 @@ class DockerTarget(Target):
             images = kit_images.build_all(self.site, self.builder) if build else kit_images.image_set(self.site)
         click.secho("==> Render", bold=True)
         click.echo(f"    {self.render(images)}")
+        certs.stage(self.site)
+        if self.tuning.network_tls:
+            certs.stage_site_ca(self)
         version, release_name = self.image_moodle_version(images.moodle)
         if self.site.database.external:   # it runs already: its monitoring login is made before any change
             self.ensure_monitoring()
@@ -322,6 +345,8 @@ class DockerTarget(Target):
                 self.ensure_monitoring()
             except KitError as exc:
                 raise OperationFailed(f"rolled out, but the monitoring login could not be set up: {exc}") from None
+        if certs.EdgeCertificates(self).issue():
+            totals["changed"] += 1
         if totals["changed"] == 0 and before is not None:
             releases.discard(self.site, release)  # nothing happened: not a release
             return None, totals
@@ -511,6 +536,17 @@ class DockerTarget(Target):
             self.ansible("site.yml")
         self.require_ready("rotated")
         return changed
+
+    def certs(self, *, renew: bool) -> None:
+        edge = certs.EdgeCertificates(self)
+        if not self.site.tls.at_edge:
+            raise UsageError(f"this site's edge ends no TLS (tls.mode {self.site.tls.mode or 'none'}): its certificate "
+                             "is your proxy's")
+        if renew:
+            edge.renew()
+        found, renewal = edge.report()
+        click.secho(f"{self.site.name}: {self.site.url}", bold=True)
+        certs.print_report(found, renewal)
 
     def adopt(self) -> None:
         """This folder becomes the site's manager: it takes the running site's id (so no

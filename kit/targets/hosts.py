@@ -13,7 +13,7 @@ from functools import cached_property
 import click
 import docker
 
-from kit import db
+from kit import db, health
 from kit.config import Machine
 from kit.doctor import Check, check_docker
 from kit.engine import Engine
@@ -22,6 +22,7 @@ from kit.identity import Owner
 from kit.images import ImageSet
 from kit.render import topology_for
 from kit.runner import Tunnel, capture, pipe
+from kit.targets import certs
 from kit.targets.docker import DockerTarget
 
 # Which of the kit's images each role runs.
@@ -78,11 +79,11 @@ class HostsTarget(DockerTarget):
             return db.Endpoint(host=str(parts["host"]), port=int(parts["port"]), dbname=str(parts["dbname"]),
                                sslmode=str(parts["sslmode"]))
         machine = self.site.hosts.with_role("db")[0]
-        return db.Endpoint(host=machine.address, port=5432, sslmode=self.tuning.db_sslmode)
+        return db.Endpoint(host=machine.address, port=5432, sslmode=self.tuning.db_sslmode,
+                           sslrootcert=str(certs.site_ca_dir(self.site) / "ca.crt"))
 
     def local_url(self) -> str:
-        edge = self.site.hosts.with_role("edge")[0]
-        return f"http://{edge.address}:{self.site.http.port}"
+        return health.local_base_url(self.site, self.site.hosts.with_role("edge")[0].address)
 
     # --- preflight ------------------------------------------------------------------------------
     def check_machines(self) -> list[Check]:
@@ -110,7 +111,7 @@ class HostsTarget(DockerTarget):
         if not builder.ok:
             builder = Check("docker", False, f"the kit builds images with this machine's Docker engine: "
                                              f"{builder.message}")
-        return [builder, *self.check_machines(), *self.external_db_check()]
+        return [builder, *self.check_machines(), *certs.check(self.site), *self.external_db_check()]
 
     def docker_missing(self, yes: bool) -> None:
         """Machines without Docker get Debian's docker.io through the playbook, with --yes."""

@@ -326,6 +326,8 @@ class K8sTarget(Target):
         "restore": "restore CloudNativePG's backup into a new cluster (see docs/kubernetes.md) and moodledata from "
                    "your storage's snapshot",
         "secrets rotate": "change the site's Secret and run `kit upgrade` (see docs/kubernetes.md)",
+        "certs": "the Ingress serves the certificate (kubernetes.cert_manager_issuer or kubernetes.tls_secret): "
+                 "`kubectl describe certificate` shows it",
     }
 
     @cached_property

@@ -19,6 +19,7 @@ from kit.errors import KitError
 from kit.identity import Owner
 from kit.images import ImageSet
 from kit.render import render
+from kit.targets import certs
 from kit.targets.docker import DockerTarget
 
 CONFIG_ROOT = Path("/etc/kit")
@@ -68,24 +69,31 @@ class LocalTarget(DockerTarget):
 
     # --- preflight --------------------------------------------------------------------------
     def port_check(self) -> Check:
-        bind, port = self.site.http.bind, self.site.http.port
-        family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((bind, port))
-            except OSError as exc:
-                me = identity.load(self.site)
-                edge = self.engine.container(self.names.edge)
-                if (edge is not None and me is not None and edge.state == "running"
-                        and edge.labels.get("kit.site") == self.site.name and edge.site_id == me.id):
-                    return Check("port", True, f"{bind}:{port} is served by this site's edge proxy")
-                if exc.errno == errno.EADDRINUSE:
-                    return Check("port", False, f"port {bind}:{port} is already in use by another program or "
-                                                "site: free it, or set http.port in site.yaml")
-                return Check("port", False, f"cannot listen on {bind}:{port} ({exc.strerror}): "
-                                            "set http.bind/http.port")
-        return Check("port", True, f"{bind}:{port} is free")
+        """The edge's ports are free, or this site's edge already has them."""
+        bind = self.site.http.bind
+        ports = [self.site.http.port] + ([self.site.tls.port] if self.site.tls.at_edge else [])
+        busy = []
+        for port in ports:
+            family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((bind, port))
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:
+                        return Check("port", False, f"cannot listen on {bind}:{port} ({exc.strerror}): set "
+                                                    "http.bind/http.port/tls.port")
+                    busy.append(port)
+        shown = ", ".join(f"{bind}:{p}" for p in ports)
+        if not busy:
+            return Check("port", True, f"{shown} free")
+        me = identity.load(self.site)
+        edge = self.engine.container(self.names.edge)
+        if (edge is not None and me is not None and edge.state == "running"
+                and edge.labels.get("kit.site") == self.site.name and edge.site_id == me.id):
+            return Check("port", True, f"{shown} served by this site's edge proxy")
+        return Check("port", False, f"port {bind}:{busy[0]} is already in use by another program or site: free "
+                                    "it, or set http.port (or tls.port) in site.yaml")
 
     def name_in_use(self, *, port: bool = True) -> str | None:
         try:
@@ -106,7 +114,7 @@ class LocalTarget(DockerTarget):
         checks = [check_memory(self.site, self.tuning), docker]
         if docker.ok:
             checks.append(self.port_check())
-        return checks + self.external_db_check()
+        return checks + certs.check(self.site) + self.external_db_check()
 
     def docker_missing(self, yes: bool) -> None:
         """`kit up` on a host without Docker: install Debian's docker.io, with consent."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -81,26 +82,71 @@ def purge_leftovers() -> None:
         shutil.rmtree(f"/etc/kit/{name}", ignore_errors=True)
 
 
+#: The shared site's name: pebble issues its certificate, dnsmasq tells pebble where it is,
+#: and this test process resolves it to 127.0.0.1 (resolve_site_host).
+SITE_HOST = "lms.kit.test"
+
+
+def bridge_address() -> str:
+    """This host's address on Docker's default bridge: containers reach a server there."""
+    import re
+
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True).stdout
+    match = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out)
+    assert match, f"no docker0 address: {out!r}"
+    return match.group(1)
+
+
+def resolve_site_host() -> None:
+    """The site's name means 127.0.0.1 in this process (the tests reach it like a browser)."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        return real("127.0.0.1" if host == SITE_HOST else host, *args, **kwargs)
+    socket.getaddrinfo = getaddrinfo  # type: ignore[assignment]
+
+
 @pytest.fixture(scope="session")
-def site_dir(tmp_path_factory):
+def acme():
+    """A real ACME server (pebble) and its resolver (dnsmasq), for the shared site's HTTPS."""
+    from tests.acme import LocalAcme, available
+
+    reason = available()
+    assert reason is None, f"the end-to-end site gets its certificate from pebble: {reason}"
+    http_port, tls_port = free_port(), free_port()
+    with LocalAcme(SITE_HOST, http_port, listen=bridge_address()) as server:
+        yield server, http_port, tls_port
+
+
+@pytest.fixture(scope="session")
+def site_dir(tmp_path_factory, acme):
     purge_leftovers()
+    server, http_port, tls_port = acme
     folder = tmp_path_factory.mktemp("site")
     if subprocess.run(["docker", "image", "inspect", OFFLINE_BASE_TAG], capture_output=True).returncode != 0:
         started = time.monotonic()
         assert kit("images", "base", cwd=folder).returncode == 0
         TIMINGS["base image (debootstrap)"] = time.monotonic() - started
-    port = free_port()
     result = kit("init", "--name", SITE, "--users", "50", "--moodle-source", str(SRC), "--bind", "127.0.0.1",
-                 "--port", str(port), "--base-image", OFFLINE_BASE_TAG, cwd=folder)
+                 "--port", str(http_port), "--url", f"https://{SITE_HOST}:{tls_port}", "--tls", "acme",
+                 "--https-port", str(tls_port), "--acme-email", "ops@kit.test", "--acme-directory", server.directory,
+                 "--acme-ca-bundle", str(server.ca_file), "--base-image", OFFLINE_BASE_TAG, cwd=folder)
     assert result.returncode == 0, result.stderr
     cold = not any(subprocess.run(["docker", "image", "ls", "-q", "kit/php"], capture_output=True,
                                   text=True).stdout.split())
     started = time.monotonic()
     result = kit("up", cwd=folder)
-    TIMINGS["first kit up" + (" (cold: images from scratch)" if cold else " (images cached)")] = \
-        time.monotonic() - started
+    TIMINGS["first kit up, with its ACME certificate" + (" (cold: images from scratch)" if cold else
+                                                         " (images cached)")] = time.monotonic() - started
+    if result.returncode != 0:
+        print(server.log())
     assert result.returncode == 0, "kit up failed"
     assert "Site is up" in result.stdout
+    # Clients here trust pebble's root, as browsers trust Let's Encrypt's.
+    bundle = folder / "pebble-roots.pem"
+    bundle.write_bytes(server.roots_pem())
+    os.environ["REQUESTS_CA_BUNDLE"] = str(bundle)
+    resolve_site_host()
     yield folder
     kit("down", "--destroy-data", "--yes", cwd=folder)
     MEASURED.update({k: f"{v:.0f}s" for k, v in TIMINGS.items()})

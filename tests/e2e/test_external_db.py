@@ -18,18 +18,11 @@ import yaml
 from kit.config import load_site
 from kit.images import OFFLINE_BASE_TAG
 from kit.targets import target_for
-from tests.e2e.conftest import SRC, TIMINGS, free_port, kit, moodle_php, psql
+from tests.e2e.conftest import SRC, TIMINGS, bridge_address, free_port, kit, moodle_php, psql
 from tests.pg import LocalPostgres, available
 
 pytestmark = pytest.mark.e2e
 NAME = "e2e-ext"
-
-
-def bridge_address() -> str:
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True).stdout
-    match = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out)
-    assert match, f"no docker0 address: {out!r}"
-    return match.group(1)
 
 
 @pytest.fixture(scope="module")

@@ -89,6 +89,41 @@ def test_up_spreads_the_site_over_the_machines(hosts_site):
     assert again.returncode == 0 and "No changes" in again.stdout, again.stdout[-3000:]
 
 
+def test_postgresql_and_redis_across_machines_take_tls_only(hosts_site):
+    """From this machine (not the data machine): TLS with the site CA's certificates is
+    accepted, a plain-text client is refused. The site itself serving pages proves the Moodle
+    machines reach both through TLS."""
+    import socket
+
+    import psycopg
+
+    folder, th = hosts_site
+    data = th.address("data")
+    ca = folder / ".kit" / SITE / "tls" / "site" / "ca.crt"
+    pg = subprocess.run(["openssl", "s_client", "-starttls", "postgres", "-connect", f"{data}:5432", "-CAfile",
+                         str(ca), "-verify_return_error", "-verify_ip", data], input="", capture_output=True,
+                        text=True, timeout=30)
+    assert "Verify return code: 0 (ok)" in pg.stdout, pg.stdout[-1500:] + pg.stderr[-500:]
+    redis = subprocess.run(["openssl", "s_client", "-connect", f"{data}:6379", "-CAfile", str(ca),
+                            "-verify_return_error", "-verify_ip", data], input="", capture_output=True,
+                           text=True, timeout=30)
+    assert "Verify return code: 0 (ok)" in redis.stdout, redis.stdout[-1500:] + redis.stderr[-500:]
+    secrets = yaml.safe_load((folder / ".kit" / SITE / "secrets.yaml").read_text())
+    with pytest.raises(psycopg.OperationalError, match="no encryption"):
+        psycopg.connect(host=data, port=5432, dbname="moodle", user=secrets.get("db_user", "moodle"),
+                        password=secrets["db_password"], sslmode="disable", connect_timeout=10)
+    with socket.create_connection((data, 6379), timeout=10) as plain:
+        plain.sendall(f"AUTH {secrets['redis_password']}\r\nPING\r\n".encode())
+        plain.settimeout(5)
+        try:
+            answer = plain.recv(100)
+        except (TimeoutError, ConnectionResetError):
+            answer = b""
+    assert b"PONG" not in answer and b"+OK" not in answer, answer
+    status = json.loads(kit("status", "--json", cwd=folder).stdout)
+    assert status["ready"] is True, status["reason"]
+
+
 def test_rolling_upgrade_across_machines_drops_no_request(hosts_site):
     folder, th = hosts_site
     assert kit("loadtest", "seed", "--size", "S", cwd=folder).returncode == 0
@@ -153,3 +188,4 @@ def test_down_stops_every_machine_and_keeps_the_data(hosts_site):
     for machine in MACHINES:
         assert f"kit-{SITE}-" not in on(th, machine, "docker", "ps", "-a", "--format", "{{.Names}}")
     assert f"kit-{SITE}-pgdata" in on(th, "data", "docker", "volume", "ls", "--format", "{{.Name}}")
+

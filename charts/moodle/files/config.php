@@ -1,15 +1,23 @@
 <?php  // Rendered by the kit from site.yaml for site "moodle". Do not edit: run `kit render`.
-// Secrets come from the container environment, never from this file.
 unset($CFG);
 global $CFG;
 $CFG = new stdClass();
+
+// Secrets are files the container reads (/run/kit/secrets, mode 0400, www-data's), never this
+// file nor the environment: Moodle's Server > PHP info page shows the environment to admins.
+if (!function_exists('kit_secret')) {
+    function kit_secret(string $name): string {
+        $value = @file_get_contents('/run/kit/secrets/' . $name);
+        return $value === false ? '' : rtrim($value, "\r\n");
+    }
+}
 
 $CFG->dbtype    = 'pgsql';
 $CFG->dblibrary = 'native';
 $CFG->dbhost    = '{{ include "moodle.database.host" . }}';
 $CFG->dbname    = 'moodle';
-$CFG->dbuser    = getenv('KIT_DB_USER') ?: 'moodle';
-$CFG->dbpass    = getenv('KIT_DB_PASSWORD');
+$CFG->dbuser    = kit_secret('db_user') ?: 'moodle';
+$CFG->dbpass    = kit_secret('db_password');
 $CFG->prefix    = 'mdl_';
 $CFG->dboptions = [
     // Each php-fpm child keeps its connection: no connect, TLS or SCRAM login per request.
@@ -20,7 +28,7 @@ $CFG->dboptions = [
     'ssl' => 'prefer',
 ];
 
-// One fixed wwwroot for every replica; TLS ends at the proxy when the URL is https.
+// One fixed wwwroot for every replica. TLS ends at the Ingress: Moodle trusts it.
 $CFG->wwwroot   = 'https://moodle.example.com';
 $CFG->sslproxy  = true;
 $CFG->admin     = 'admin';
@@ -41,6 +49,18 @@ if (!is_dir($CFG->localcachedir . '/muc-local/filelocks/ff')) {
     unset($kitlockdir);
 }
 
+// Security settings of site.yaml (security:), forced here: the admin UI shows them as fixed.
+$CFG->lockoutthreshold = 10;
+$CFG->lockoutwindow = 1800;
+$CFG->lockoutduration = 1800;
+$CFG->passwordpolicy = 1;
+$CFG->minpasswordlength = 10;
+$CFG->registerauth = '';
+$CFG->allowframembedding = 0;
+// Cookies: HTTPS-only when the URL is https, never readable by scripts.
+$CFG->cookiesecure = true;
+$CFG->cookiehttponly = true;
+
 // Code is immutable in the image: no plugin installs or updates from the web UI.
 $CFG->disableupdateautodeploy = true;
 $CFG->preventexecpath = true;
@@ -50,7 +70,7 @@ $CFG->preventexecpath = true;
 $CFG->session_handler_class = '\core\session\redis';
 $CFG->session_redis_host = '{{ include "moodle.redis.host" . }}';
 $CFG->session_redis_port = 6379;
-$CFG->session_redis_auth = getenv('KIT_REDIS_PASSWORD');
+$CFG->session_redis_auth = kit_secret('redis_password');
 $CFG->session_redis_database = 0;
 $CFG->session_redis_prefix = 'sess_';
 $CFG->session_redis_acquire_lock_timeout = 120;
@@ -73,7 +93,7 @@ $CFG->cronclionly = true;
 $CFG->task_adhoc_concurrency_limit = (int) getenv('KIT_ADHOC_CONCURRENCY_LIMIT');
 
 // Moodle's load-test generator creates users with this password (kit loadtest seed).
-$CFG->tool_generator_users_password = getenv('KIT_LOADTEST_PASSWORD');
+$CFG->tool_generator_users_password = kit_secret('loadtest_password');
 
 require_once(__DIR__ . '/lib/setup.php');
 // There is no php closing tag in this file, it is intentional because it prevents trailing whitespace problems!

@@ -137,7 +137,8 @@ capabilities:
   drop: ["ALL"]
 {{- end -}}
 
-{{/* Environment of every Moodle PHP process: secrets by reference, never by value. */}}
+{{/* Environment of every Moodle PHP process: no secret (Moodle's PHP info page shows the
+     environment); secrets are files of the Secret volume (moodle.phpMounts). */}}
 {{- define "moodle.env" -}}
 - name: KIT_ROLE
   value: {{ .role | quote }}
@@ -148,26 +149,6 @@ capabilities:
   value: {{ include "moodle.database.host" .ctx | quote }}
 - name: KIT_REDIS_HOST
   value: {{ include "moodle.redis.host" .ctx | quote }}
-- name: KIT_DB_USER
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "moodle.secretName" .ctx }}
-      key: username
-- name: KIT_DB_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "moodle.secretName" .ctx }}
-      key: password
-- name: KIT_REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "moodle.secretName" .ctx }}
-      key: redis-password
-- name: KIT_LOADTEST_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "moodle.secretName" .ctx }}
-      key: loadtest-password
 {{- end -}}
 
 {{/* Mounts of every Moodle PHP container: the same paths as the kit's Docker target. */}}
@@ -190,6 +171,9 @@ capabilities:
   mountPath: /var/cache/moodle
 - name: tmp
   mountPath: /tmp
+- name: secrets
+  mountPath: /run/kit/secrets
+  readOnly: true
 {{- end -}}
 
 {{/* The pre-upgrade hook runs before the release's ConfigMaps are updated, so it reads
@@ -210,6 +194,18 @@ capabilities:
   emptyDir: {}
 - name: tmp
   emptyDir: {}
+{{- /* The Secret as files, the names config.php reads (the kit's Docker targets mount the
+     same files at the same path). 0440: owned by root, readable by the pod's group (fsGroup
+     33, www-data). */}}
+- name: secrets
+  secret:
+    secretName: {{ include "moodle.secretName" .ctx }}
+    defaultMode: 0440
+    items:
+      - {key: username, path: db_user}
+      - {key: password, path: db_password}
+      - {key: redis-password, path: redis_password}
+      - {key: loadtest-password, path: loadtest_password}
 {{- end -}}
 
 {{- define "moodle.imagePullSecrets" -}}
@@ -265,17 +261,7 @@ spec:
       command: ["/usr/bin/tini", "--", "/opt/kit-chart/{{ .script }}"]
       env:
         {{- include "moodle.env" (dict "ctx" .ctx "role" .component) | nindent 8 }}
-        - name: PGPASSWORD
-          valueFrom:
-            secretKeyRef:
-              name: {{ include "moodle.secretName" .ctx }}
-              key: password
         {{- if eq .component "install" }}
-        - name: KIT_ADMIN_PASSWORD
-          valueFrom:
-            secretKeyRef:
-              name: {{ include "moodle.secretName" .ctx }}
-              key: admin-password
         - name: KIT_ADMIN_USER
           value: {{ .ctx.Values.moodle.adminUser | quote }}
         - name: KIT_ADMIN_EMAIL
@@ -294,6 +280,19 @@ spec:
         - name: scripts
           mountPath: /opt/kit-chart
           readOnly: true
+        {{- if eq .component "install" }}
+        - name: install-secret
+          mountPath: /run/kit/install
+          readOnly: true
+        {{- end }}
   volumes:
     {{- include "moodle.phpVolumes" (dict "ctx" .ctx "hook" (eq .component "upgrade")) | nindent 4 }}
+    {{- if eq .component "install" }}
+    - name: install-secret
+      secret:
+        secretName: {{ include "moodle.secretName" .ctx }}
+        defaultMode: 0440
+        items:
+          - {key: admin-password, path: admin_password}
+    {{- end }}
 {{- end -}}

@@ -10,6 +10,15 @@ role="${1:-${KIT_ROLE:-fpm}}"
 install -d -o www-data -g www-data -m 0750 /var/cache/moodle /run/php
 as_www() { setpriv --reuid=www-data --regid=www-data --init-groups "$@"; }
 
+# hosts target: Redis is on another machine and speaks TLS only. Moodle 4.5's session
+# handler cannot open TLS to a single Redis, so Moodle talks to 127.0.0.1:6379 and this
+# tunnel carries it there, checking the site CA's certificate for that address.
+if [ -n "${KIT_REDIS_TUNNEL:-}" ]; then
+    setpriv --reuid=nobody --regid=nogroup --clear-groups \
+        socat TCP-LISTEN:6379,bind=127.0.0.1,reuseaddr,fork \
+        "OPENSSL:${KIT_REDIS_TUNNEL},cafile=/run/kit/tls/ca.crt,verify=1,commonname=${KIT_REDIS_TUNNEL%:*}" &
+fi
+
 # Loop a keep-alive Moodle script; on SIGTERM let the current task finish, then exit.
 keep_running() {
     child=0

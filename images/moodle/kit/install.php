@@ -1,9 +1,10 @@
 <?php
-// Runs Moodle's own CLI installer with the admin password taken from the environment,
-// so it never appears in a process list (install_database.php only takes it as an option).
-$password = getenv('KIT_ADMIN_PASSWORD');
-if ($password === false || $password === '') {
-    fwrite(STDERR, "kit: KIT_ADMIN_PASSWORD is not set\n");
+// Runs Moodle's own CLI installer with the admin password read from the one-off container's
+// secret file, so it never appears in a process list or an environment
+// (install_database.php only takes it as an option: it gets it inside this process).
+$password = rtrim((string) @file_get_contents('/run/kit/install/admin_password'), "\r\n");
+if ($password === '') {
+    fwrite(STDERR, "kit: /run/kit/install/admin_password is missing\n");
     exit(2);
 }
 $_SERVER['argv'] = [

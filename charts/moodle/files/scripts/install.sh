@@ -7,13 +7,13 @@ set -eu
 wait_for_database
 state=$(moodle_installed)
 case "$state" in
-    f)
+    empty)
         echo "kit: installing Moodle (install_database.php); web pods become ready when it ends"
         php /opt/kit/install.php ;;
-    t)
+    installed)
         echo "kit: Moodle is installed" ;;
     *)
-        echo "kit: cannot tell whether Moodle is installed (psql said: $state)" >&2
+        echo "kit: cannot tell whether Moodle is installed (Moodle said: $state)" >&2
         exit 1 ;;
 esac
 wait_for_redis

@@ -1,5 +1,6 @@
-# Shared by the chart's scripts (sourced). The database password reaches psql through
-# PGPASSWORD, set from the Secret in the pod spec: never on a command line.
+# Shared by the chart's scripts (sourced). No secret is in the pod's environment: Moodle
+# reads them as files of the Secret volume, and these scripts need none.
+KIT_SECRETS_DIR=${KIT_SECRETS_DIR:-/run/kit/secrets}
 
 # Run a check every 5 s until it passes; give up after LIMIT tries, naming WHAT.
 wait_until() {
@@ -19,7 +20,8 @@ wait_until() {
 
 # Wait until PostgreSQL accepts connections (a new CloudNativePG cluster takes minutes).
 wait_for_database() {
-    wait_until 180 "the database at $KIT_DB_HOST" pg_isready -q -h "$KIT_DB_HOST" -p 5432 -d moodle -U "$KIT_DB_USER"
+    wait_until 180 "the database at $KIT_DB_HOST" pg_isready -q -h "$KIT_DB_HOST" -p 5432 -d moodle \
+        -U "$(cat "$KIT_SECRETS_DIR/db_user")"
 }
 
 # Redis holds sessions and the application cache: configure.php needs it.
@@ -28,7 +30,8 @@ wait_for_redis() {
         php -r '$s = @fsockopen(getenv("KIT_REDIS_HOST"), 6379, $no, $msg, 3); exit($s ? 0 : 1);'
 }
 
-# Prints t when Moodle's tables exist, f when the database is empty.
+# Prints "installed" when Moodle's tables exist, "empty" when the database is empty: asked
+# of Moodle itself, as the kit's Docker targets do.
 moodle_installed() {
-    psql -h "$KIT_DB_HOST" -U "$KIT_DB_USER" -d moodle -tAc "select to_regclass('public.mdl_config') is not null"
+    php /opt/kit/install_state.php
 }

@@ -5,7 +5,7 @@
 set -eu
 . /opt/kit-chart/lib.sh
 wait_for_database
-if [ "$(moodle_installed)" != t ]; then
+if [ "$(moodle_installed)" != installed ]; then
     echo "kit: Moodle is not installed yet: the install Job installs it"
     exit 0
 fi

@@ -1,0 +1,16 @@
+#!/bin/sh
+# The edge: nginx in the foreground. With tls mode acme (KIT_TLS_MODE), the certificate
+# is certbot's (/etc/letsencrypt, a volume); until the first one exists nginx serves a
+# throw-away one, and a loop renews it (HTTP-01 through this nginx's webroot), reloading
+# nginx gracefully when a new certificate is deployed.
+set -eu
+if [ "${KIT_TLS_MODE:-off}" = acme ]; then
+    mkdir -p /run/kit-tls /var/www/acme
+    /opt/kit/tls-link.sh
+    (
+        while sleep "${KIT_RENEW_EVERY_S:-43200}"; do
+            certbot renew --quiet --no-random-sleep-on-renew --deploy-hook /opt/kit/tls-deployed.sh || true
+        done
+    ) &
+fi
+exec nginx -c /etc/nginx/kit/nginx.conf -g 'daemon off;'

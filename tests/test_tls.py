@@ -1,0 +1,178 @@
+"""TLS settings and certificate checks: `files` mode is refused before any change, in one
+line, for a key that does not match, an expired certificate, a missing chain, or another
+name; the edge's config ends TLS the way the issue asks. Certificates come from trustme
+(a test CA, with an intermediate like a real CA's)."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trustme
+import yaml
+
+from kit import tls
+from kit.config import parse_site
+from kit.errors import KitError
+from kit.render import render_files
+from kit.sizing import plan
+from tests.conftest import HOST_2x24
+
+KIT = [sys.executable, "-m", "kit.cli"]
+HOST = "lms.example.edu"
+
+
+def kit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*KIT, *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=os.environ)
+
+
+@pytest.fixture(scope="module")
+def ca():
+    root = trustme.CA()
+    return root, root.create_child_ca()
+
+
+def write_chain(folder: Path, leaf: trustme.LeafCert, root: trustme.CA, *, with_chain: bool = True
+                ) -> tuple[Path, Path]:
+    """The site's certificate, its intermediate, and the test CA's root (a private CA's root is
+    in no system store, so the chain ends with it; a public CA's would not be needed)."""
+    cert, key = folder / "fullchain.pem", folder / "privkey.pem"
+    pems = leaf.cert_chain_pems if with_chain else leaf.cert_chain_pems[:1]
+    cert.write_bytes(b"".join(p.bytes() for p in pems) + root.cert_pem.bytes())
+    leaf.private_key_pem.write_to_path(str(key))
+    return cert, key
+
+
+def test_a_good_chain_passes_and_says_what_it_is(ca, tmp_path):
+    root, intermediate = ca
+    cert, key = write_chain(tmp_path, intermediate.issue_cert(HOST), root)
+    found = tls.check_files(cert, key, HOST)
+    assert found.names == (HOST,) and "Testing CA" in found.issuer
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("the key of another certificate", "does not match the certificate"),
+    ("an expired certificate", "expired on"),
+    ("the intermediate left out", "the chain is incomplete"),
+    ("a certificate for another name", "is for www.other.edu, not for lms.example.edu"),
+    ("not a certificate at all", "is not a PEM certificate chain"),
+])
+def test_files_mode_faults_are_refused_in_one_line(ca, tmp_path, fault, message):
+    root, intermediate = ca
+    if fault == "the key of another certificate":
+        cert, _ = write_chain(tmp_path, intermediate.issue_cert(HOST), root)
+        other = intermediate.issue_cert(HOST)
+        key = tmp_path / "other-key.pem"
+        other.private_key_pem.write_to_path(str(key))
+    elif fault == "an expired certificate":
+        leaf = intermediate.issue_cert(HOST, not_after=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1))
+        cert, key = write_chain(tmp_path, leaf, root)
+    elif fault == "the intermediate left out":
+        cert, key = write_chain(tmp_path, intermediate.issue_cert(HOST), root, with_chain=False)
+    elif fault == "a certificate for another name":
+        cert, key = write_chain(tmp_path, intermediate.issue_cert("www.other.edu"), root)
+    else:
+        cert, key = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
+        cert.write_text("hello\n")
+        intermediate.issue_cert(HOST).private_key_pem.write_to_path(str(key))
+    with pytest.raises(KitError, match=message) as exc:
+        tls.check_files(cert, key, HOST)
+    assert "\n" not in str(exc.value)
+
+
+def test_files_mode_faults_refuse_up_before_anything_changes(ca, tmp_path, fake_moodle):
+    root, intermediate = ca
+    cert, key = write_chain(tmp_path, intermediate.issue_cert("www.other.edu"), root)
+    result = kit("init", "--name", "tf1", "--url", f"https://{HOST}:18443", "--tls", "files", "--cert", str(cert),
+                 "--key", str(key), "--https-port", "18443", "--bind", "127.0.0.1", "--port", "18442",
+                 "--moodle-source", str(fake_moodle), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    up = kit("up", cwd=tmp_path)
+    assert up.returncode == 3
+    lines = [line for line in up.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "is for www.other.edu, not for lms.example.edu" in lines[0], up.stderr
+    assert not (tmp_path / "build").exists() and not (tmp_path / ".kit" / "tf1" / "tls").exists()
+    doctor = kit("doctor", cwd=tmp_path)
+    assert doctor.returncode == 3 and "FAIL tls" in doctor.stderr
+
+
+def test_an_https_url_needs_a_tls_choice_and_ports_must_agree(tmp_path):
+    with pytest.raises(KitError, match="choose tls.mode: acme"):
+        parse_site({"url": f"https://{HOST}"}, site_dir=tmp_path)
+    with pytest.raises(KitError, match="edge publishes tls.port 443"):
+        parse_site({"url": f"https://{HOST}:8443", "tls": {"mode": "self-signed"}}, site_dir=tmp_path)
+    with pytest.raises(KitError, match="needs an https:// url"):
+        parse_site({"url": "http://lms.example.edu:8080", "tls": {"mode": "self-signed"}}, site_dir=tmp_path)
+    with pytest.raises(KitError, match="Let's Encrypt checks the site on port 80"):
+        parse_site({"url": f"https://{HOST}", "tls": {"mode": "acme", "acme_email": "ops@example.edu"}},
+                   site_dir=tmp_path)
+    ok = parse_site({"url": f"https://{HOST}", "http": {"port": 80},
+                     "tls": {"mode": "acme", "acme_email": "ops@example.edu"}}, site_dir=tmp_path)
+    assert ok.tls.at_edge and not ok.tls_at_proxy
+
+
+def files_for(tmp_path: Path, tls_settings: dict, url: str = f"https://{HOST}") -> dict[str, str]:
+    site = parse_site({"name": "tr", "url": url, "http": {"port": 80}, "tls": tls_settings}, site_dir=tmp_path)
+    return render_files(site, plan(site, HOST_2x24))
+
+
+def test_the_edge_ends_tls_with_mozillas_intermediate_profile_and_redirects_http(tmp_path):
+    files = files_for(tmp_path, {"mode": "self-signed", "hsts_max_age": 600})
+    edge = files["edge.conf"]
+    assert "listen 443 ssl http2 default_server;" in edge
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in edge and "TLSv1.1" not in edge
+    assert 'add_header Strict-Transport-Security "max-age=600" always;' in edge
+    https_server = edge.split("listen 443")[1]
+    http_server = edge.split("listen 443")[0]
+    assert "Strict-Transport-Security" not in http_server            # HSTS on HTTPS only
+    assert f"return 301 https://{HOST}$request_uri;" in http_server
+    assert "location /.well-known/acme-challenge/" in http_server
+    assert "X-Content-Type-Options nosniff" in https_server and "Referrer-Policy" in https_server
+    assert "proxy_set_header X-Forwarded-Proto https;" in https_server
+    php = files["config.php"]
+    assert "$CFG->sslproxy  = false;" in php and "$CFG->cookiesecure = true;" in php
+    assert "fastcgi_param HTTPS on;" in files["nginx.conf"]
+
+
+def test_proxy_mode_keeps_moodles_sslproxy_and_serves_plain_http(tmp_path):
+    files = files_for(tmp_path, {"mode": "proxy"})
+    assert "listen 443" not in files["edge.conf"] and "$CFG->sslproxy  = true;" in files["config.php"]
+    plain = files_for(tmp_path, {}, url="http://lms.example.edu")
+    assert "$CFG->sslproxy  = false;" in plain["config.php"] and "$CFG->cookiesecure = false;" in plain["config.php"]
+
+
+def test_security_settings_are_forced_in_config_php(tmp_path):
+    site = parse_site({"name": "sec", "security": {"lockout_threshold": 5, "password_min_length": 12}},
+                      site_dir=tmp_path)
+    php = render_files(site, plan(site, HOST_2x24))["config.php"]
+    for needle in ("$CFG->lockoutthreshold = 5;", "$CFG->lockoutwindow = 1800;", "$CFG->minpasswordlength = 12;",
+                   "$CFG->registerauth = '';", "$CFG->allowframembedding = 0;", "$CFG->cookiehttponly = true;"):
+        assert needle in php, needle
+
+
+def test_init_writes_the_tls_settings(tmp_path, fake_moodle):
+    result = kit("init", "--name", "ti1", "--url", f"https://{HOST}", "--tls", "acme", "--acme-email",
+                 "ops@example.edu", "--port", "80", "--moodle-source", str(fake_moodle), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = yaml.safe_load((tmp_path / "site.yaml").read_text())
+    assert data["tls"] == {"mode": "acme", "acme_email": "ops@example.edu"}
+    refused = kit("init", "--force", "--name", "ti2", "--url", f"https://{HOST}", cwd=tmp_path)
+    assert refused.returncode == 3 and "choose tls.mode" in refused.stderr
+
+
+def test_the_self_signed_trial_certificate_names_the_host(tmp_path):
+    cert, key = tls.self_signed(HOST)
+    (tmp_path / "c.pem").write_bytes(cert)
+    (tmp_path / "k.pem").write_bytes(key)
+    found = tls.describe_pem(cert)
+    assert found.names == (HOST,) and 85 < found.days_left() < 91
+    assert "self-signed" in found.issuer
+
+
+def test_the_site_ca_issues_certificates_for_machine_addresses():
+    ca_cert, ca_key = tls.make_ca("hs")
+    cert, _ = tls.issue(ca_cert, ca_key, ["10.0.0.10", "kit-hs-db"])
+    assert tls.describe_pem(cert).names == ("kit-hs-db", "10.0.0.10")
