@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,7 +90,7 @@ def latest(site: Site) -> tuple[Path, datetime] | None:
     for candidate in sorted(folder.iterdir(), reverse=True):
         manifest = _manifest(candidate)
         if manifest is not None and isinstance(manifest.get("created_epoch"), int):
-            return candidate, datetime.fromtimestamp(manifest["created_epoch"], timezone.utc)
+            return candidate, datetime.fromtimestamp(manifest["created_epoch"], UTC)
     return None
 
 

@@ -174,7 +174,8 @@ def run_cmd(users: int, spawn_rate: float, duration: str, shape: str, peak: int,
     job = lt.LocustJob(host=host, target_file=target_path, password=password, out_dir=lt.report_dir(out_base, name),
                        users=users, spawn_rate=spawn_rate if journey == "moodle" else max(spawn_rate, users),
                        duration_s=duration_s, journey=journey, think=think, processes=processes, shape=shape,
-                       peak=peak, step=step, step_time_s=step_time_s, window_s=window_s, host_header=host_header)
+                       peak=peak, step=step, step_time_s=step_time_s, window_s=window_s, host_header=host_header,
+                       public_url=site.url if host_header and site else None)
     meter = _meter(site, target, url)
     before = meter.snapshot() if meter else None
     result = lt.run_locust(job, parsed_slos, f"{journey} journey")
@@ -229,7 +230,8 @@ def capacity(start: int, step: int, max_users: int, levels_text: str | None, ref
         level = queue.pop(0)
         job = lt.LocustJob(host=host, target_file=target_path, password=password, out_dir=base_dir / f"users-{level:05d}",
                            users=level, spawn_rate=spawn_rate, duration_s=step_s, journey=journey, think=think,
-                           processes=processes, host_header=host_header)
+                           processes=processes, host_header=host_header,
+                           public_url=site.url if host_header and site else None)
         before = meter.snapshot() if meter else None
         result = lt.run_locust(job, parsed_slos, f"level {level}")
         if meter and before:

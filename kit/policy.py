@@ -3,7 +3,7 @@ backup a database upgrade needs, and what the user is told when a rollout succee
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import click
 
@@ -38,7 +38,7 @@ def check_rollback(current_version: str, target_version: str, *, what: str, rest
 
 
 def backup_is_recent(taken: datetime, now: datetime | None = None) -> bool:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return now - taken <= BACKUP_MAX_AGE
 
 

@@ -36,7 +36,7 @@ class CertInfo:
     serial: str
 
     def days_left(self, now: dt.datetime | None = None) -> float:
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         return (self.not_after - now).total_seconds() / 86400
 
     def as_dict(self) -> dict[str, object]:
@@ -106,7 +106,7 @@ def system_roots() -> list[x509.Certificate]:
 def check_files(cert_path: Path, key_path: Path, host: str, now: dt.datetime | None = None) -> CertInfo:
     """`files` mode: the key matches the certificate, the chain is complete, nothing in it
     is expired, and the certificate names the URL's host. One KitError line per failure."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     chain = _load_chain(cert_path)
     leaf = chain[0]
     try:
@@ -149,7 +149,7 @@ def check_files(cert_path: Path, key_path: Path, host: str, now: dt.datetime | N
 def self_signed(host: str, days: int = SELF_SIGNED_DAYS) -> tuple[bytes, bytes]:
     """A trial certificate for the URL's host: (certificate PEM, key PEM). Browsers warn."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host),
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "the kit (self-signed trial)")])
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
@@ -198,7 +198,7 @@ def served(address: str, port: int, server_name: str, timeout: float = 10) -> Ce
 
 def make_ca(site_name: str, days: int = 3650) -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"kit site CA ({site_name})")])
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
@@ -217,7 +217,7 @@ def issue(ca_cert_pem: bytes, ca_key_pem: bytes, names: list[str], days: int = 8
     ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
     ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
             .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))

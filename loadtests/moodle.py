@@ -26,9 +26,9 @@ from locust import HttpUser, LoadTestShape, events, task
 from locust.clients import LocustHttpAdapter
 from locust.exception import StopUser
 from locust.runners import WorkerRunner
-from urllib3.util.retry import Retry  # noqa: E402
 
 from kit.loadtest import pages
+from kit.loadtest.retry import browser_retry
 
 TARGET = json.loads(open(os.environ["KIT_LT_TARGET"]).read()) if os.environ.get("KIT_LT_TARGET") else {}
 PASSWORD = (open(os.environ["KIT_LT_PASSWORD_FILE"]).read().strip() if os.environ.get("KIT_LT_PASSWORD_FILE")
@@ -37,6 +37,9 @@ THINK_MIN, THINK_MAX = (float(x) for x in os.environ.get("KIT_LT_THINK", "1,3").
 JOURNEY = os.environ.get("KIT_LT_JOURNEY", "moodle")
 WINDOW = float(os.environ.get("KIT_LT_WINDOW", "60"))
 HOST_HEADER = os.environ.get("KIT_LT_HOST_HEADER")
+# With HOST_HEADER: the site's public URL. Moodle redirects to it (wwwroot); such redirects
+# are followed on the local address instead, as a reverse proxy's proxy_redirect would.
+PUBLIC_URL = os.environ.get("KIT_LT_PUBLIC_URL", "").rstrip("/")
 # The kit's own site through its local address (an IP, the name in the Host header): its
 # certificate cannot match the address, so it is not checked (`kit certs` checks it).
 VERIFY = os.environ.get("KIT_LT_VERIFY", "1") != "0"
@@ -46,6 +49,21 @@ FAIL_DIR = os.environ.get("KIT_LT_FAIL_DIR")  # failed responses are kept here f
 _saved_failures = itertools.count()
 TIMEOUT = (5, 30)
 _user_numbers = itertools.count()
+
+
+def follow_locally(session: requests.Session, local_base: str) -> None:
+    """Follow redirects to the public URL on the local address the load is sent to."""
+    if not PUBLIC_URL:
+        return
+    original = session.get_redirect_target
+
+    def get_redirect_target(resp: requests.Response) -> str | None:
+        location = original(resp)
+        if location and location.startswith(PUBLIC_URL) and location[len(PUBLIC_URL):][:1] in ("", "/", "?"):
+            return local_base + location[len(PUBLIC_URL):]
+        return location
+
+    session.get_redirect_target = get_redirect_target  # type: ignore[method-assign]
 
 
 def _next_username(environment) -> str:
@@ -79,9 +97,10 @@ def warm_up(environment, **_kwargs) -> None:
         return
     session = requests.Session()
     session.verify = VERIFY
+    base, t = environment.host.rstrip("/"), TARGET
     if HOST_HEADER:
         session.headers["Host"] = HOST_HEADER
-    base, t = environment.host.rstrip("/"), TARGET
+        follow_locally(session, base)
     try:
         token = pages.logintoken(session.get(f"{base}/login/index.php", timeout=TIMEOUT).text)
         session.post(f"{base}/login/index.php", timeout=TIMEOUT, data={
@@ -103,17 +122,17 @@ class MoodleUser(HttpUser):
         return random.uniform(THINK_MIN, THINK_MAX)
 
     def on_start(self) -> None:
-        # Like a browser: a GET sent on a kept-alive connection that the server closed at
-        # that instant (e.g. an nginx reload) is retried once. HTTP errors and timeouts
-        # are never retried, and POSTs never are.
-        retry = Retry(total=1, connect=1, read=1, status=0, other=0, redirect=False,
-                      allowed_methods=frozenset({"GET", "HEAD"}), raise_on_status=False)
+        # Like a browser: a request sent on a kept-alive connection that the server closed at
+        # that instant (e.g. an nginx reload) is sent again once (POSTs only when the server
+        # closed it before any reply). HTTP errors and timeouts are never retried.
+        retry = browser_retry()
         for prefix in ("http://", "https://"):
             self.client.mount(prefix, LocustHttpAdapter(pool_manager=None, max_retries=retry))
         self.client.headers["User-Agent"] = "kit-loadtest (locust)"
         self.client.verify = VERIFY
         if HOST_HEADER:
             self.client.headers["Host"] = HOST_HEADER
+            follow_locally(self.client, self.host.rstrip("/"))
         self.username = _next_username(self.environment)
 
     def step(self, name: str, path: str, *, method: str = "GET", data: dict | None = None,
@@ -132,6 +151,8 @@ class MoodleUser(HttpUser):
                     f"expected a redirect to {redirect_to}, got HTTP {resp.status_code} {location}"
             else:
                 reason = pages.problem(text, status=resp.status_code, logged_in=logged_in, expect=expect)
+            if reason and resp.status_code == 0 and getattr(resp, "error", None) is not None:
+                reason = f"{reason}: {type(resp.error).__name__}: {str(resp.error)[:160]}"
             if reason:
                 resp.failure(reason)
                 _keep_failed_page(name, resp, reason)

@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace as NS
 
@@ -335,7 +335,7 @@ def test_rollback_with_fake_helm_runs_helm_rollback_to_the_previous_good_revisio
 
 
 def test_recent_backup_picks_a_completed_one_from_the_last_day():
-    now = datetime(2026, 5, 4, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 
     def backup(name, cluster, phase, age_h):
         return {"metadata": {"name": name}, "spec": {"cluster": {"name": cluster}},

@@ -68,7 +68,7 @@ def test_files_mode_faults_are_refused_in_one_line(ca, tmp_path, fault, message)
         key = tmp_path / "other-key.pem"
         other.private_key_pem.write_to_path(str(key))
     elif fault == "an expired certificate":
-        leaf = intermediate.issue_cert(HOST, not_after=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1))
+        leaf = intermediate.issue_cert(HOST, not_after=dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
         cert, key = write_chain(tmp_path, leaf, root)
     elif fault == "the intermediate left out":
         cert, key = write_chain(tmp_path, intermediate.issue_cert(HOST), root, with_chain=False)
@@ -176,3 +176,27 @@ def test_the_site_ca_issues_certificates_for_machine_addresses():
     ca_cert, ca_key = tls.make_ca("hs")
     cert, _ = tls.issue(ca_cert, ca_key, ["10.0.0.10", "kit-hs-db"])
     assert tls.describe_pem(cert).names == ("kit-hs-db", "10.0.0.10")
+
+
+CHECKS_OUT = """{header}
+    Status | Check
+----------+--------------------------------------------------------------------
+   WARNING| Backup of user data (core_riskbackup)
+          |     Found 1 roles, 0 overrides and 0 users with the ability to
+          |     backup user data.
+"""
+
+
+@pytest.mark.parametrize(("code", "header", "ok", "named"), [
+    (0, "OK: All 'security' checks OK", True, "all ok"),
+    (1, "WARNING: Backup of user data (core_riskbackup)", True, "warning: Backup of user data (core_riskbackup)"),
+    (3, "UNKNOWN: Public paths (core_publicpaths)", True, "unknown: Public paths (core_publicpaths)"),
+    (2, "CRITICAL: Insecure dataroot (core_dataroot)", False, "warning: Backup of user data"),
+    (255, "PHP Fatal error: ...", False, "warning: Backup of user data"),
+])
+def test_doctor_fails_on_moodle_security_errors_and_names_warnings(code, header, ok, named):
+    from kit.targets.docker import security_verdict
+
+    check = security_verdict(code, CHECKS_OUT.format(header=header) if code else header)
+    assert check.ok is ok
+    assert named in check.message

@@ -173,6 +173,7 @@ class LocustJob:
     step_time_s: float = 30
     window_s: float = 60
     host_header: str | None = None
+    public_url: str | None = None
 
     def planned_seconds(self) -> float:
         if self.shape == "surge":
@@ -196,6 +197,7 @@ class LocustJob:
                         "KIT_LT_STEP_TIME": str(self.step_time_s)})
         if self.host_header:   # the kit's own site through its local address: see loadtests/moodle.py
             env["KIT_LT_HOST_HEADER"] = self.host_header
+            env["KIT_LT_PUBLIC_URL"] = self.public_url or ""
             env["KIT_LT_VERIFY"] = "0"
         return env
 

@@ -184,15 +184,11 @@ class DockerTarget(Target):
         return checks + ([served] if served else []) + [self.security_check()]
 
     def security_check(self) -> Check:
-        """Moodle's own security checks (admin/cli/checks.php --type=security): FAIL on an error
-        or a critical finding; warnings are named in the line."""
+        """Moodle's own security checks (admin/cli/checks.php --type=security, NRPE exit codes):
+        FAIL on an error or a critical finding (2, or PHP failing); warnings and a check that
+        could not decide (unknown, 3) are named in the line."""
         code, out = self.moodle_cli(["admin/cli/checks.php", "--type=security"], check=False, quiet=True)
-        found = re.findall(r"^\s*(Warning|Error|Critical)\s*\|\s*(.+?)\s*$", out, flags=re.M)
-        named = [f"{level.lower()}: {text}" for level, text in found]
-        if code >= 2 or code < 0:
-            return Check("security", False, f"Moodle's security checks found problems: {'; '.join(named) or out[-200:]}"
-                                            " (Site administration > Reports > Security checks)")
-        return Check("security", True, "Moodle's security checks: " + ("; ".join(named) if named else "all ok"))
+        return security_verdict(code, out)
 
     # --- status ---------------------------------------------------------------------------------
     def status(self) -> Status:
@@ -566,3 +562,16 @@ class DockerTarget(Target):
             render(self.site, self.tuning, ImageSet.placeholder())
         self.ansible("site.yml", tags="owner")
         click.secho(f"adopted: site {self.site.name!r} is now managed from {self.site.site_dir}", fg="green")
+
+
+def security_verdict(code: int, out: str) -> Check:
+    """One doctor line from checks.php's exit code and its table ("STATUS | name (ref)")."""
+    found = re.findall(r"^\s*(warning|error|critical)\s*\|\s*(.+?)\s*$", out, flags=re.M | re.I)
+    named = [f"{level.lower()}: {text}" for level, text in found]
+    header = out.strip().splitlines()[0] if out.strip() else ""
+    if code == 3 and header.upper().startswith("UNKNOWN"):
+        named.append("unknown: " + header.split(":", 1)[1].strip())
+    if code not in (0, 1, 3):
+        return Check("security", False, f"Moodle's security checks found problems: {'; '.join(named) or out[-200:]}"
+                                        " (Site administration > Reports > Security checks)")
+    return Check("security", True, "Moodle's security checks: " + ("; ".join(named) if named else "all ok"))

@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -536,7 +536,7 @@ class K8sTarget(Target):
         pods = self.cluster.core.list_namespaced_pod(self.site.kubernetes.namespace, label_selector=selector).items
         if not pods:
             return None
-        newest = max(pods, key=lambda p: p.metadata.creation_timestamp or datetime.min.replace(tzinfo=timezone.utc))
+        newest = max(pods, key=lambda p: p.metadata.creation_timestamp or datetime.min.replace(tzinfo=UTC))
         log = self.cluster.core.read_namespaced_pod_log(newest.metadata.name, self.site.kubernetes.namespace)
         match = re.search(r"maintenance lasted (\d+)s", log or "")
         return int(match.group(1)) if match else None
@@ -562,14 +562,14 @@ class K8sTarget(Target):
             return
         name = self._cnpg_cluster_name()
         backups = self.cluster.custom.list_namespaced_custom_object("postgresql.cnpg.io", "v1", ns, "backups")
-        found = recent_backup(backups.get("items", []), name, datetime.now(timezone.utc))
+        found = recent_backup(backups.get("items", []), name, datetime.now(UTC))
         if found and not backup_now:
             click.echo(f"    backup: {found} (CloudNativePG, recent)")
             return
         if not backup_now:
             raise policy.backup_missing(f"cluster {name} has none", "rerun with --backup-now (the cluster needs a "
                                         "backup target configured)")
-        self.run_backup(name, f"{name}-kit-{datetime.now(timezone.utc):%Y%m%d%H%M%S}")
+        self.run_backup(name, f"{name}-kit-{datetime.now(UTC):%Y%m%d%H%M%S}")
 
     def run_backup(self, cluster_name: str, backup_name: str, timeout_s: float = 3600) -> None:
         ns = self.site.kubernetes.namespace
