@@ -5,6 +5,7 @@ name; the edge's config ends TLS the way the issue asks. Certificates come from 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -178,25 +179,60 @@ def test_the_site_ca_issues_certificates_for_machine_addresses():
     assert tls.describe_pem(cert).names == ("kit-hs-db", "10.0.0.10")
 
 
-CHECKS_OUT = """{header}
-    Status | Check
-----------+--------------------------------------------------------------------
-   WARNING| Backup of user data (core_riskbackup)
-          |     Found 1 roles, 0 overrides and 0 users with the ability to
-          |     backup user data.
-"""
+def test_doctor_fails_on_moodle_security_errors_and_names_warnings():
+    from kit import security
+
+    out = ("PHP Notice: something\n" + json.dumps([
+        {"ref": "core_cookiesecure", "name": "Secure cookies", "status": "ok", "summary": "Secure cookies enabled."},
+        {"ref": "core_riskbackup", "name": "Backup of user data", "status": "warning", "summary": "Found 1 roles"},
+    ]))
+    rows = security.findings(load_site_for_checks(), "http://127.0.0.1:9", out)
+    check = security.verdict(rows)
+    assert check.ok and "warning: core_riskbackup (Found 1 roles)" in check.message and "2 checks" in check.message
+    check = security.verdict([*rows, security.Finding("core_dataroot", "Dataroot", "critical", "public")])
+    assert not check.ok and "critical: core_dataroot (public)" in check.message
+    with pytest.raises(ValueError, match="no JSON"):
+        security.findings(load_site_for_checks(), "http://127.0.0.1:9", "Exception - Class curl not found")
 
 
-@pytest.mark.parametrize(("code", "header", "ok", "named"), [
-    (0, "OK: All 'security' checks OK", True, "all ok"),
-    (1, "WARNING: Backup of user data (core_riskbackup)", True, "warning: Backup of user data (core_riskbackup)"),
-    (3, "UNKNOWN: Public paths (core_publicpaths)", True, "unknown: Public paths (core_publicpaths)"),
-    (2, "CRITICAL: Insecure dataroot (core_dataroot)", False, "warning: Backup of user data"),
-    (255, "PHP Fatal error: ...", False, "warning: Backup of user data"),
-])
-def test_doctor_fails_on_moodle_security_errors_and_names_warnings(code, header, ok, named):
-    from kit.targets.docker import security_verdict
+def load_site_for_checks():
+    from kit.config import Site
 
-    check = security_verdict(code, CHECKS_OUT.format(header=header) if code else header)
-    assert check.ok is ok
-    assert named in check.message
+    return Site(url="http://lms.example.edu:8080", http={"port": 8080})
+
+
+def test_public_paths_are_requested_through_the_edge_as_the_public_would(tmp_path):
+    """A real HTTP server standing in for the edge: it serves one path that must not be public."""
+    import http.server
+    import threading
+
+    from kit import security
+
+    seen_hosts = []
+
+    class Edge(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802 - http.server API
+            seen_hosts.append(self.headers["Host"])
+            self.send_response({"/composer.json": 200, "/lib/classes/": 403}.get(self.path, 404))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Edge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        sets = [{"pattern": "composer.json", "404": ["composer.json"]}, {"pattern": "", "404": ["lib/classes/"]},
+                {"pattern": "", "404": ["doesnotexist"]}]
+        found = security.probe_public_paths(load_site_for_checks(), base, sets)
+        assert found.status == "error" and "/composer.json answered 200 (expected 404)" in found.summary
+        assert "lib/classes" not in found.summary       # 403 is as good as 404
+        assert set(seen_hosts) == {"lms.example.edu:8080"}
+        assert security.probe_public_paths(load_site_for_checks(), base, sets[1:]).status == "ok"
+    finally:
+        server.shutdown()
+        server.server_close()
+    gone = security.probe_public_paths(load_site_for_checks(), base, sets)
+    assert gone.status == "unknown" and "unreachable" in gone.summary

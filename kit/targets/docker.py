@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from kit import db, health, identity, policy, releases, sizing
+from kit import db, health, identity, policy, releases, security, sizing
 from kit import images as kit_images
 from kit.config import dump_site, load_secrets, save_secrets
 from kit.doctor import Check
@@ -184,11 +184,13 @@ class DockerTarget(Target):
         return checks + ([served] if served else []) + [self.security_check()]
 
     def security_check(self) -> Check:
-        """Moodle's own security checks (admin/cli/checks.php --type=security, NRPE exit codes):
-        FAIL on an error or a critical finding (2, or PHP failing); warnings and a check that
-        could not decide (unknown, 3) are named in the line."""
-        code, out = self.moodle_cli(["admin/cli/checks.php", "--type=security"], check=False, quiet=True)
-        return security_verdict(code, out)
+        """Moodle's own security checks (kit/security.py): FAIL on an error or a critical finding."""
+        code, out = self.moodle_cli(["--"], stdin=security.script(), check=False, quiet=True)
+        try:
+            found = security.findings(self.site, self.local_url(), out)
+        except ValueError as exc:
+            return Check("security", False, f"Moodle's security checks did not run (php exited {code}): {exc}")
+        return security.verdict(found)
 
     # --- status ---------------------------------------------------------------------------------
     def status(self) -> Status:
@@ -562,16 +564,3 @@ class DockerTarget(Target):
             render(self.site, self.tuning, ImageSet.placeholder())
         self.ansible("site.yml", tags="owner")
         click.secho(f"adopted: site {self.site.name!r} is now managed from {self.site.site_dir}", fg="green")
-
-
-def security_verdict(code: int, out: str) -> Check:
-    """One doctor line from checks.php's exit code and its table ("STATUS | name (ref)")."""
-    found = re.findall(r"^\s*(warning|error|critical)\s*\|\s*(.+?)\s*$", out, flags=re.M | re.I)
-    named = [f"{level.lower()}: {text}" for level, text in found]
-    header = out.strip().splitlines()[0] if out.strip() else ""
-    if code == 3 and header.upper().startswith("UNKNOWN"):
-        named.append("unknown: " + header.split(":", 1)[1].strip())
-    if code not in (0, 1, 3):
-        return Check("security", False, f"Moodle's security checks found problems: {'; '.join(named) or out[-200:]}"
-                                        " (Site administration > Reports > Security checks)")
-    return Check("security", True, "Moodle's security checks: " + ("; ".join(named) if named else "all ok"))

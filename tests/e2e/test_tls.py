@@ -131,14 +131,14 @@ def test_no_secret_is_visible_on_pages_in_docker_inspect_or_in_php_fpm_environme
 
 
 def test_moodles_security_checks_report_no_error(site_dir):
+    """Every security check Moodle has (the public paths ones requested through the edge)."""
     doctor = kit("doctor", cwd=site_dir)
     assert doctor.returncode == 0, doctor.stdout[-3000:] + doctor.stderr[-2000:]
     line = next(line for line in doctor.stdout.splitlines() if " security " in line)
     assert line.lstrip().startswith("ok"), line
-    MEASURED["Moodle security checks (checks.php --type=security)"] = line.split("security", 1)[1].strip()
-    code = subprocess.run(["docker", "exec", "-u", "www-data", f"kit-{SITE}-web-1", "php", "admin/cli/checks.php",
-                           "--type=security"], capture_output=True, text=True, timeout=120).returncode
-    assert code in (0, 1, 3)    # NRPE codes: 2 is an error or a critical finding
+    counted = re.search(r"\((\d+) checks\)", line)
+    assert counted and int(counted.group(1)) >= 15, line
+    MEASURED["Moodle security checks"] = line.split("security", 1)[1].strip()
 
 
 def test_status_shows_the_certificate(site_dir):
