@@ -41,6 +41,27 @@ def snapshot_dir(site: Site, release_id: int) -> Path:
     return site.state_dir / "releases" / f"{release_id:04d}"
 
 
+#: Variables today's playbooks need that snapshots of older kits lack (their config.php read
+#: secrets from the environment, which containers no longer get).
+SNAPSHOT_NEEDS = ("kit_secrets_dir", "kit_tls", "kit_network_tls")
+
+
+def snapshot_problem(site: Site, release_id: int) -> str | None:
+    """Why this release's snapshot cannot be applied by these playbooks, or None."""
+    import yaml
+
+    vars_file = snapshot_dir(site, release_id) / "vars.yml"
+    try:
+        data = yaml.safe_load(vars_file.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return f"release {release_id} has no readable snapshot ({vars_file})"
+    missing = [key for key in SNAPSHOT_NEEDS if key not in data]
+    if missing:
+        return (f"release {release_id} was rolled out by an older kit (its snapshot lacks {', '.join(missing)}: "
+                "secrets then reached containers through the environment), which this kit cannot apply again")
+    return None
+
+
 def load(site: Site) -> list[Release]:
     path = history_file(site)
     if not path.exists():

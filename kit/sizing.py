@@ -284,9 +284,11 @@ def plan(site: Site, host: HostResources | None = None) -> Tuning:
         pg["ssl"], sslmode = "on", "prefer"
         why["postgres.ssl"] = "lever db_tls_local_off off: TLS on, as Debian's package ships it"
         why["db_sslmode"] = "libpq's default: TLS whenever the server offers it"
-    elif leaves:
+    elif site.target == "hosts":
         pg["ssl"], sslmode = "on", "verify-full"
-        why["postgres.ssl"] = "the database link leaves the machine: encrypted, with the site CA's certificate"
+        why["postgres.ssl"] = ("the database link leaves the machine: encrypted, with the site CA's certificate"
+                               if leaves else "hosts: the database port is published on the machine's address, "
+                               "so it takes TLS only, with the site CA's certificate")
         why["db_sslmode"] = "refuse an unencrypted or unverified link to a database on another machine"
     elif site.target == "k8s":
         pg["ssl"], sslmode = "on", "prefer"

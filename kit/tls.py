@@ -103,6 +103,13 @@ def system_roots() -> list[x509.Certificate]:
         return []
 
 
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return cert.version == x509.Version.v1    # old v1 roots carry no extensions
+
+
 def check_files(cert_path: Path, key_path: Path, host: str, now: dt.datetime | None = None) -> CertInfo:
     """`files` mode: the key matches the certificate, the chain is complete, nothing in it
     is expired, and the certificate names the URL's host. One KitError line per failure."""
@@ -121,14 +128,10 @@ def check_files(cert_path: Path, key_path: Path, host: str, now: dt.datetime | N
                                      serialization.PublicFormat.SubjectPublicKeyInfo) != public:
         raise KitError(f"tls.key: {key_path} does not match the certificate in {cert_path} (its public key "
                        "differs): give the key the certificate was issued for")
-    for cert in chain:
-        if cert.not_valid_after_utc <= now:
-            raise KitError(f"tls.cert: {cert_path}: {cert.subject.rfc4514_string()} expired on "
-                           f"{cert.not_valid_after_utc:%Y-%m-%d}: renew it with your CA")
-        if cert.not_valid_before_utc > now:
-            raise KitError(f"tls.cert: {cert_path}: {cert.subject.rfc4514_string()} is not valid before "
-                           f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (check this machine's clock)")
-    current, roots = leaf, None
+    if leaf.issuer == leaf.subject:
+        raise KitError(f"tls.cert: {cert_path} is self-signed ({leaf.subject.rfc4514_string()}): browsers refuse "
+                       "it; give your CA's certificate, or use tls.mode self-signed for a trial")
+    current, roots, seen, path = leaf, None, {leaf.fingerprint(hashes.SHA256())}, [leaf]
     while current.issuer != current.subject:
         issuer = next((c for c in chain if c is not current and _issued_by(current, c)), None)
         if issuer is None:
@@ -138,7 +141,22 @@ def check_files(cert_path: Path, key_path: Path, host: str, now: dt.datetime | N
             raise KitError(f"tls.cert: {cert_path}: the chain is incomplete: nothing in it, nor in this machine's "
                            f"trusted roots, issued {current.subject.rfc4514_string()}; append the intermediate "
                            "certificate(s) your CA gave you (fullchain.pem)")
+        if not _is_ca(issuer):
+            raise KitError(f"tls.cert: {cert_path}: {issuer.subject.rfc4514_string()} signed "
+                           f"{current.subject.rfc4514_string()} but is not a CA certificate")
+        fingerprint = issuer.fingerprint(hashes.SHA256())
+        if fingerprint in seen:     # cross-signed certificates that issued each other
+            break
+        seen.add(fingerprint)
+        path.append(issuer)
         current = issuer
+    for cert in path:   # the path to the root: an extra expired cross-sign in the file is harmless
+        if cert.not_valid_after_utc <= now:
+            raise KitError(f"tls.cert: {cert_path}: {cert.subject.rfc4514_string()} expired on "
+                           f"{cert.not_valid_after_utc:%Y-%m-%d}: renew it with your CA")
+        if cert.not_valid_before_utc > now:
+            raise KitError(f"tls.cert: {cert_path}: {cert.subject.rfc4514_string()} is not valid before "
+                           f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (check this machine's clock)")
     if not names_host(leaf, host):
         shown = ", ".join(info(leaf).names) or leaf.subject.rfc4514_string()
         raise KitError(f"tls.cert: {cert_path} is for {shown}, not for {host} (the url's host): give the "

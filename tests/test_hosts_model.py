@@ -141,3 +141,18 @@ def test_a_site_claims_only_its_own_object_names():
         assert names.claims(mine), mine
     for theirs in ("kit-e2e-ext", "kit-e2e-ext-db", "kit-e2e-ext-web-1", "kit-e2ex-db", "kit-e2e-dbx"):
         assert not names.claims(theirs), theirs
+
+
+@pytest.mark.parametrize("machines", [
+    MACHINES,
+    [{"name": "solo", "address": "10.0.0.20", "roles": ["edge", "db", "redis", "web", "cron", "worker"]}],
+])
+def test_postgresql_offers_tls_wherever_it_refuses_plain_connections(tmp_path, machines):
+    """pg_hba refuses plain TCP on hosts: the server must then serve TLS, even when every Moodle
+    role shares the database's machine (its port is published on the machine's address)."""
+    site = parse_site({"name": "hs", "target": "hosts", "hosts": {"machines": machines}}, site_dir=tmp_path)
+    tuning = sizing.plan(site, HOST_2x24)
+    files = render.render_files(site, tuning)
+    assert "hostnossl all all 0.0.0.0/0       reject" in files["pg_hba.conf"]
+    assert "ssl = 'on'" in files["postgresql.conf"] and "ssl_cert_file" in files["postgresql.conf"]
+    assert tuning.db_sslmode == "verify-full"

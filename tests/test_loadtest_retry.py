@@ -131,3 +131,17 @@ def test_a_post_that_timed_out_is_not_sent_again(server):
     with pytest.raises(requests.ReadTimeout):
         session(browser_retry()).post(url, data={"a": "1"}, timeout=(2, 0.5))
     assert seen["requests"] == 1
+
+
+def test_a_get_that_timed_out_is_not_sent_again(server):
+    def never_answer(connection_no: int, request_no: int, conn: socket.socket) -> bool:
+        try:
+            conn.recv(1)
+        except OSError:
+            pass
+        return False
+
+    url, seen = server(never_answer)
+    with pytest.raises(requests.ReadTimeout):
+        session(browser_retry()).get(url, timeout=(2, 0.5))
+    assert seen["requests"] == 1

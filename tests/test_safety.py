@@ -306,3 +306,30 @@ def _write(folder: Path, data: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "site.yaml").write_text(yaml.safe_dump(data))
     return folder / "site.yaml"
+
+
+def test_rollback_to_a_release_of_an_older_kit_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    """Its snapshot passed secrets through the environment; today's playbooks cannot apply it."""
+    import yaml as _yaml
+
+    from kit import releases
+    from kit.config import parse_site
+    from kit.targets import target_for
+
+    site = parse_site({"name": "old"}, site_dir=tmp_path)
+    site.build_dir.mkdir(parents=True)
+    (site.build_dir / "vars.yml").write_text(_yaml.safe_dump({"kit_site": "old", "kit_images": {"moodle": "a"}}))
+    first = releases.start(site, {"moodle": "kit/moodle:a"}, "2024100706", "4.5.6")
+    releases.finish(site, first, "ok")
+    (site.build_dir / "vars.yml").write_text(_yaml.safe_dump(
+        {"kit_site": "old", "kit_images": {"moodle": "b"}, "kit_secrets_dir": "/run/kit/secrets", "kit_tls": {},
+         "kit_network_tls": False}))
+    second = releases.start(site, {"moodle": "kit/moodle:b"}, "2024100706", "4.5.6")
+    releases.finish(site, second, "ok")
+    assert releases.snapshot_problem(site, second.id) is None
+    ran = []
+    target = target_for(site)
+    monkeypatch.setattr(type(target), "ansible", lambda self, *a, **k: ran.append(a))
+    with pytest.raises(KitError, match="rolled out by an older kit .* kit_secrets_dir, kit_tls, kit_network_tls"):
+        target.rollback()
+    assert ran == [] and [r.id for r in releases.load(site)] == [first.id, second.id]

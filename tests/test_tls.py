@@ -84,6 +84,51 @@ def test_files_mode_faults_are_refused_in_one_line(ca, tmp_path, fault, message)
     assert "\n" not in str(exc.value)
 
 
+def test_a_self_signed_certificate_in_files_mode_is_refused(tmp_path):
+    cert_pem, key_pem = tls.self_signed(HOST)
+    cert, key = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
+    cert.write_bytes(cert_pem)
+    key.write_bytes(key_pem)
+    with pytest.raises(KitError, match="is self-signed"):
+        tls.check_files(cert, key, HOST)
+
+
+def test_certificates_that_issued_each_other_end_the_walk(tmp_path):
+    """Two CAs cross-signed both ways (the same keys): the check ends instead of looping."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def make(subject, issuer, public, signer, *, ca, san=None):
+        builder = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
+                   .public_key(public).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    a_key, b_key, leaf_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    a_by_b = make("CA A", "CA B", a_key.public_key(), b_key, ca=True)
+    b_by_a = make("CA B", "CA A", b_key.public_key(), a_key, ca=True)
+    leaf = make(HOST, "CA A", leaf_key.public_key(), a_key, ca=False, san=HOST)
+    cert, key = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
+    cert.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, a_by_b, b_by_a)))
+    key.write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    assert tls.check_files(cert, key, HOST).names == (HOST,)
+    not_a_ca = make("CA A", "CA B", a_key.public_key(), b_key, ca=False)
+    cert.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, not_a_ca)))
+    with pytest.raises(KitError, match="is not a CA certificate"):
+        tls.check_files(cert, key, HOST)
+
+
 def test_files_mode_faults_refuse_up_before_anything_changes(ca, tmp_path, fake_moodle):
     root, intermediate = ca
     cert, key = write_chain(tmp_path, intermediate.issue_cert("www.other.edu"), root)

@@ -31,12 +31,18 @@ def closed_before_reply(error: Exception | None) -> bool:
 
 
 class BrowserRetry(Retry):
-    """One retry: GETs on any dropped connection, other methods only when closed before a reply."""
+    """One retry, of any method, when the connection failed or was closed before any byte of
+    a reply; never after a timeout or a reply cut short. Unlike a browser, it cannot tell a
+    kept-alive connection from a fresh one: a fresh connection reset before a reply is also
+    sent again (the server's application had not answered it)."""
 
     def increment(self, method: str | None = None, url: str | None = None,
                   response: BaseHTTPResponse | None = None, error: Exception | None = None,
                   _pool: ConnectionPool | None = None, _stacktrace: TracebackType | None = None) -> Self:
         allowed = frozenset(self.allowed_methods or ())
+        if error is not None and self._is_read_error(error) and not closed_before_reply(error):
+            # a timeout, or an answer cut short: the server may have acted; a user sees an error
+            return Retry.increment(self.new(read=False), method, url, response, error, _pool, _stacktrace)
         if method and method.upper() not in allowed and closed_before_reply(error):
             widened = self.new(allowed_methods=allowed | {method.upper()})
             return widened.increment(method, url, response, error, _pool, _stacktrace)

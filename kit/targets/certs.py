@@ -155,7 +155,9 @@ class EdgeCertificates:
     def renew(self) -> tls.CertInfo:
         """A new certificate now: ACME renewal (forced), or a new self-signed one."""
         mode = self.site.tls.mode
-        if mode == "acme":
+        if mode == "acme" and self.issue():
+            pass    # there was no certificate yet (the first issuance had failed): now there is
+        elif mode == "acme":
             code, out, err = self._edge(["certbot", "renew", "--force-renewal", "--cert-name", host_of(self.site),
                                          "--no-random-sleep-on-renew", "--deploy-hook", "/opt/kit/tls-deployed.sh"])
             if code != 0:

@@ -332,6 +332,10 @@ class DockerTarget(Target):
                             duration_s=round(time.monotonic() - started, 1))
             if not auto_rollback or before is None or before.moodle_version != version:
                 raise
+            problem = releases.snapshot_problem(self.site, before.id)
+            if problem:
+                raise OperationFailed(f"{exc} -- not rolled back: {problem}; fix the cause and run `kit up` "
+                                      "again") from None
             click.secho(f"==> Rolling back to release {before.id} ({exc})", fg="yellow", bold=True)
             self.ansible("site.yml", build_dir=releases.snapshot_dir(self.site, before.id))
             releases.finish(self.site, release, "rolled back", reason=str(exc),
@@ -468,6 +472,10 @@ class DockerTarget(Target):
         if now is not None:
             policy.check_rollback(now.moodle_version, target.moodle_version, what=f"release {now.id}",
                                   restore_hint=self.restore_hint())
+        problem = releases.snapshot_problem(self.site, target.id)
+        if problem:
+            raise KitError(f"{problem}: roll forward with `kit up` (or `kit upgrade --image-tag`) instead, or "
+                           "`kit restore` a backup")
         click.secho(f"==> Rolling back from release {now.id if now else '?'} to release {target.id}", bold=True)
         started = time.monotonic()
         release = releases.start_from(self.site, target)
@@ -519,6 +527,7 @@ class DockerTarget(Target):
             kitdb.grant_login(admin, staged["db_user"], staged["db_password"])
             changed["database login"] = f"{staged['db_user_previous']} -> {staged['db_user']}"
         if "redis_password_previous" in staged:
+            self.redis_accept(staged["redis_password"], staged["redis_password_previous"])
             changed["redis password"] = "new"
         click.secho("==> Rolling restart with the new credentials (Redis accepts both until it ends)", bold=True)
         self.apply(images=self.running_images())
@@ -534,6 +543,21 @@ class DockerTarget(Target):
             self.ansible("site.yml")
         self.require_ready("rotated")
         return changed
+
+    def redis_accept(self, new: str, previous: str) -> None:
+        """Redis accepts both passwords before any client is given the new one: Moodle reads
+        its secret files on every request, and the rollout writes them before it reaches Redis."""
+        import hashlib
+
+        click.secho("==> Redis: the new password is accepted alongside the old one", bold=True)
+        hashes = " ".join("#" + hashlib.sha256(p.encode()).hexdigest() for p in (new, previous))
+        script = f"AUTH {previous}\nACL SETUSER default resetpass on {hashes}\n".encode()
+        cli = ["redis-cli", *(["--tls", "--cacert", "/run/kit/tls/ca.crt"] if self.tuning.network_tls else [])]
+        code, out, err = self.engine_for(self.names.redis).exec(self.names.redis, cli, user="", stdin=script)
+        answers = [line.strip() for line in out.splitlines() if line.strip()]
+        if code != 0 or answers[:2] != ["OK", "OK"]:
+            raise OperationFailed(f"Redis did not take the new password ({(answers or [err.strip()])[-1][:120]}); "
+                                  "clients still use the old one: run `kit secrets rotate` again")
 
     def certs(self, *, renew: bool) -> None:
         edge = certs.EdgeCertificates(self)

@@ -7,9 +7,13 @@ set -eu
 if [ "${KIT_TLS_MODE:-off}" = acme ]; then
     mkdir -p /run/kit-tls /var/www/acme
     /opt/kit/tls-link.sh
+    # First a minute after start (nginx is serving by then): an edge that was down for
+    # weeks renews now, not 12 hours later. certbot renews only what is due.
     (
-        while sleep "${KIT_RENEW_EVERY_S:-43200}"; do
+        sleep 60
+        while :; do
             certbot renew --quiet --no-random-sleep-on-renew --deploy-hook /opt/kit/tls-deployed.sh || true
+            sleep "${KIT_RENEW_EVERY_S:-43200}"
         done
     ) &
 fi
