@@ -58,8 +58,13 @@ def info(cert: x509.Certificate) -> CertInfo:
 
 
 def names_host(cert: x509.Certificate, host: str) -> bool:
-    """RFC 6125 matching of the URL's host against the certificate's names (one wildcard label)."""
-    names = info(cert).names
+    """RFC 6125 matching of the URL's host against the certificate's names."""
+    return names_match(info(cert).names, host)
+
+
+def names_match(names: tuple[str, ...] | list[str], host: str) -> bool:
+    """A name equal to the host, or a wildcard for exactly one label of it (*.example.edu
+    covers lms.example.edu, not a.lms.example.edu), as browsers match."""
     host = host.lower().rstrip(".")
     for name in names:
         name = name.lower().rstrip(".")

@@ -333,3 +333,48 @@ def test_rollback_to_a_release_of_an_older_kit_is_refused_before_anything_runs(t
     with pytest.raises(KitError, match="rolled out by an older kit .* kit_secrets_dir, kit_tls, kit_network_tls"):
         target.rollback()
     assert ran == [] and [r.id for r in releases.load(site)] == [first.id, second.id]
+
+
+def test_the_port_check_fails_when_another_program_holds_a_port_the_edge_does_not(tmp_path, monkeypatch):
+    """This site's edge publishes :HTTP; another program listens on the HTTPS port."""
+    import socket as _socket
+
+    from kit import identity
+    from kit.config import parse_site
+    from kit.engine import Container
+    from kit.targets.local import LocalTarget
+
+    listeners = []
+    for _ in range(2):
+        sock = _socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        listeners.append(sock)
+    http_port, https_port = (s.getsockname()[1] for s in listeners)
+    try:
+        site = parse_site({"name": "pc", "url": f"https://lms.example.edu:{https_port}",
+                           "http": {"bind": "127.0.0.1", "port": http_port},
+                           "tls": {"mode": "self-signed", "port": https_port}}, site_dir=tmp_path)
+        me = identity.Identity.new()
+        identity.save(site, me)
+        target = LocalTarget(site)
+
+        def edge_with(ports):
+            return Container(name=target.names.edge, id="x", role="edge", state="running", health="healthy",
+                             image="kit/edge", started="", labels={"kit.site": "pc", "kit.site-id": me.id},
+                             ports={f"{c}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(p)}] for c, p in ports})
+
+        class FakeEngine:
+            edge = edge_with([(80, http_port)])
+
+            def container(self, name):
+                return self.edge
+
+        monkeypatch.setattr(LocalTarget, "engine", FakeEngine(), raising=False)
+        check = target.port_check()
+        assert not check.ok and f"127.0.0.1:{https_port} is already in use" in check.message
+        FakeEngine.edge = edge_with([(80, http_port), (443, https_port)])
+        assert target.port_check().ok
+    finally:
+        for sock in listeners:
+            sock.close()

@@ -281,3 +281,14 @@ def test_public_paths_are_requested_through_the_edge_as_the_public_would(tmp_pat
         server.server_close()
     gone = security.probe_public_paths(load_site_for_checks(), base, sets)
     assert gone.status == "unknown" and "unreachable" in gone.summary
+
+
+@pytest.mark.parametrize(("names", "host", "matches"), [
+    (("lms.example.edu",), "lms.example.edu", True),
+    (("*.example.edu",), "lms.example.edu", True),
+    (("*.example.edu",), "a.lms.example.edu", False),
+    (("*.example.edu",), "example.edu", False),
+    (("LMS.Example.edu.",), "lms.example.edu", True),
+])
+def test_served_names_match_the_host_as_browsers_match(names, host, matches):
+    assert tls.names_match(names, host) is matches

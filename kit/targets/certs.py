@@ -200,7 +200,7 @@ class EdgeCertificates:
             return Check("tls", False, str(exc))
         host = host_of(self.site)
         days = found.days_left()
-        if host not in found.names and not any(n.startswith("*.") and host.endswith(n[1:]) for n in found.names):
+        if not tls.names_match(found.names, host):
             return Check("tls", False, f"the edge serves a certificate for {', '.join(found.names) or found.subject}, "
                                        f"not {host}: `kit certs --renew` (acme), or fix tls.cert and `kit up`")
         if days <= 0:

@@ -91,7 +91,11 @@ class LocalTarget(DockerTarget):
         edge = self.engine.container(self.names.edge)
         if (edge is not None and me is not None and edge.state == "running"
                 and edge.labels.get("kit.site") == self.site.name and edge.site_id == me.id):
-            return Check("port", True, f"{shown} served by this site's edge proxy")
+            held = {int(b["HostPort"]) for bindings in (edge.ports or {}).values() for b in (bindings or [])
+                    if b.get("HostPort")}
+            busy = [p for p in busy if p not in held]    # e.g. the edge has :80, another program :443
+            if not busy:
+                return Check("port", True, f"{shown} served by this site's edge proxy")
         return Check("port", False, f"port {bind}:{busy[0]} is already in use by another program or site: free "
                                     "it, or set http.port (or tls.port) in site.yaml")
 
