@@ -391,7 +391,8 @@ class Site(_Strict):
             return
         if tls.mode is None and https:
             raise ValueError(f"url {self.url} is https: choose tls.mode: acme (Let's Encrypt), files (your "
-                             "certificate), self-signed (a trial) or proxy (TLS ends at your proxy)")
+                             "certificate), self-signed (a trial) or proxy (TLS ends at your proxy: what a site.yaml "
+                             "without a tls section meant before the kit ended TLS itself)")
         if tls.mode is not None and not https:
             raise ValueError(f"tls.mode {tls.mode} needs an https:// url (got {self.url or 'none'})")
         if tls.mode == "files" and not (tls.cert and tls.key):

@@ -193,6 +193,9 @@ def driver_vars(site: Site, tuning: Tuning, images: ImageSet, files: dict[str, s
         for name, users in CONFIG_FILES.items():
             if service in users:
                 digest.update(files[name].encode())
+        served = site.state_dir / "tls" / "site" / f"{service}.crt"
+        if tuning.network_tls and service in ("db", "redis") and served.is_file():
+            digest.update(served.read_bytes())   # a renewed certificate restarts the server that serves it
         checksums[service] = digest.hexdigest()[:16]
     return {
         "kit_version": __version__,

@@ -156,3 +156,18 @@ def test_postgresql_offers_tls_wherever_it_refuses_plain_connections(tmp_path, m
     assert "hostnossl all all 0.0.0.0/0       reject" in files["pg_hba.conf"]
     assert "ssl = 'on'" in files["postgresql.conf"] and "ssl_cert_file" in files["postgresql.conf"]
     assert tuning.db_sslmode == "verify-full"
+
+
+def test_a_renewed_server_certificate_changes_the_servers_checksum(tmp_path):
+    """PostgreSQL and Redis read their certificate at start: a new one must restart them."""
+    site = hosts_site(tmp_path)
+    tuning = sizing.plan(site, HOST_2x24)
+    files = render.render_files(site, tuning)
+    folder = site.state_dir / "tls" / "site"
+    folder.mkdir(parents=True)
+    (folder / "db.crt").write_text("first\n")
+    before = render.driver_vars(site, tuning, ImageSet.placeholder(), files)["kit_checksums"]
+    (folder / "db.crt").write_text("renewed\n")
+    after = render.driver_vars(site, tuning, ImageSet.placeholder(), files)["kit_checksums"]
+    assert after["db"] != before["db"]
+    assert {k: v for k, v in after.items() if k != "db"} == {k: v for k, v in before.items() if k != "db"}

@@ -62,6 +62,8 @@ def stage(site: Site) -> None:
     out = tls_dir(site)
     if site.tls.mode == "files":
         assert site.tls.cert and site.tls.key
+        # every command that applies the site (up, upgrade, rotate, scale) checks them again
+        tls.check_files(site.site_dir / site.tls.cert, site.site_dir / site.tls.key, host_of(site))
         write_private(out / "fullchain.pem", (site.site_dir / site.tls.cert).read_text())
         write_private(out / "privkey.pem", (site.site_dir / site.tls.key).read_text())
     elif site.tls.mode == "self-signed":

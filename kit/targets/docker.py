@@ -310,11 +310,11 @@ class DockerTarget(Target):
         click.secho("==> Images", bold=True)
         if images is None:
             images = kit_images.build_all(self.site, self.builder) if build else kit_images.image_set(self.site)
-        click.secho("==> Render", bold=True)
-        click.echo(f"    {self.render(images)}")
         certs.stage(self.site)
         if self.tuning.network_tls:
-            certs.stage_site_ca(self)
+            certs.stage_site_ca(self)     # before rendering: the servers' certificates count in their checksums
+        click.secho("==> Render", bold=True)
+        click.echo(f"    {self.render(images)}")
         version, release_name = self.image_moodle_version(images.moodle)
         if self.site.database.external:   # it runs already: its monitoring login is made before any change
             self.ensure_monitoring()
