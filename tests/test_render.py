@@ -62,7 +62,8 @@ def test_config_php_is_cluster_ready(site):
     for needle in ("$CFG->wwwroot   = 'https://lms.example.edu';", "$CFG->sslproxy  = true;",
                    "\\core\\session\\redis", "session_redis_acquire_lock_retry", "X-Accel-Redirect",
                    "$CFG->localcachedir = '/var/cache/moodle';", "disableupdateautodeploy = true",
-                   "$CFG->cronclionly = true;", "postgres_lock_factory", "$CFG->dbpass    = kit_secret('db_password');",
+                   "$CFG->cronclionly = true;", "postgres_lock_factory",
+                   "[$CFG->dbuser, $CFG->dbpass] = $kit_db_login;", "kit_secret('db_login')",
                    "file_get_contents('/run/kit/secrets/' . $name)"):
         assert needle in php, needle
 

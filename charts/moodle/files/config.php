@@ -16,8 +16,16 @@ $CFG->dbtype    = 'pgsql';
 $CFG->dblibrary = 'native';
 $CFG->dbhost    = '{{ include "moodle.database.host" . }}';
 $CFG->dbname    = 'moodle';
-$CFG->dbuser    = kit_secret('db_user') ?: 'moodle';
-$CFG->dbpass    = kit_secret('db_password');
+// db_login holds the login role and its password in one file, replaced as one: during
+// `kit secrets rotate` a request must never read the new role with the old password.
+$kit_db_login = explode("\n", kit_secret('db_login'), 2);
+if (count($kit_db_login) === 2) {
+    [$CFG->dbuser, $CFG->dbpass] = $kit_db_login;
+} else {    // Kubernetes: the Secret volume is swapped whole, its files are read apart
+    $CFG->dbuser = kit_secret('db_user') ?: 'moodle';
+    $CFG->dbpass = kit_secret('db_password');
+}
+unset($kit_db_login);
 $CFG->prefix    = 'mdl_';
 $CFG->dboptions = [
     // Each php-fpm child keeps its connection: no connect, TLS or SCRAM login per request.
