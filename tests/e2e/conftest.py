@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -80,6 +81,25 @@ def purge_leftovers() -> None:
             subprocess.run(["docker", "volume", "rm", *volumes], capture_output=True)
         subprocess.run(["docker", "network", "rm", f"kit-{name}"], capture_output=True)
         shutil.rmtree(f"/etc/kit/{name}", ignore_errors=True)
+    purge_test_tags()
+
+
+_purged_tags = False
+
+
+def purge_test_tags() -> None:
+    """Images the tests build under fixed tags (`kit upgrade --image-tag e2e-2`, hs-2, ...):
+    a tag left by a run of older code would be taken as built, and its code run instead.
+    Once per session, before any test builds one."""
+    global _purged_tags
+    if _purged_tags:
+        return
+    _purged_tags = True
+    out = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
+                         text=True).stdout.split()
+    stale = [tag for tag in out if re.fullmatch(r"kit/(moodle|moodle-web):(e2e|hs)-[a-z0-9-]+", tag)]
+    if stale:
+        subprocess.run(["docker", "rmi", "-f", *stale], capture_output=True)
 
 
 #: The shared site's name: pebble issues its certificate, dnsmasq tells pebble where it is,

@@ -15,7 +15,7 @@ import yaml
 
 from kit.images import OFFLINE_BASE_TAG
 from tests.conftest import MEASURED
-from tests.e2e.conftest import SRC, TIMINGS, Load, kit
+from tests.e2e.conftest import SRC, TIMINGS, Load, kit, purge_test_tags
 from tests.hosts.testhosts import TestHosts, build_image, docker_available, image_exists
 
 pytestmark = pytest.mark.e2e
@@ -55,6 +55,7 @@ def hosts_site(tmp_path_factory):
     if not image_exists(OFFLINE_BASE_TAG):  # a fresh machine: the test machines' image builds on it
         assert kit("images", "base", cwd=tmp_path_factory.mktemp("base")).returncode == 0
     build_image()
+    purge_test_tags()
     with TestHosts(list(MACHINES), tmp_path_factory.mktemp("machines")) as th:
         folder = tmp_path_factory.mktemp("hosts-site")
         machines = [f"--machine={m}={th.address(m)}:{','.join(roles)}" for m, roles in MACHINES.items()]

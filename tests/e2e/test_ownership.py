@@ -45,7 +45,10 @@ def intruder(site_dir, tmp_path) -> Path:
                  "127.0.0.1", "--port", "18999", cwd=folder)
     assert result.returncode == 0, result.stderr
     data = yaml.safe_load((folder / "site.yaml").read_text())
-    data.update(name=SITE, http=running["http"], url=running["url"])
+    data.update(name=SITE, http=running["http"], url=running["url"], tls=running.get("tls", {}))
+    bundle = data["tls"].get("acme_ca_bundle")
+    if bundle:      # the private ACME directory's CA file, relative to the folder
+        shutil.copy(site_dir / bundle, folder / bundle)
     (folder / "site.yaml").write_text(yaml.safe_dump(data))
     shutil.move(folder / ".kit" / "intruder", folder / ".kit" / SITE)
     return folder
