@@ -47,7 +47,7 @@ def intruder(site_dir, tmp_path) -> Path:
     data = yaml.safe_load((folder / "site.yaml").read_text())
     data.update(name=SITE, http=running["http"], url=running["url"], tls=running.get("tls", {}))
     bundle = data["tls"].get("acme_ca_bundle")
-    if bundle:      # the private ACME directory's CA file, relative to the folder
+    if bundle and not Path(bundle).is_absolute():   # the private ACME directory's CA file, in the folder
         shutil.copy(site_dir / bundle, folder / bundle)
     (folder / "site.yaml").write_text(yaml.safe_dump(data))
     shutil.move(folder / ".kit" / "intruder", folder / ".kit" / SITE)
