@@ -126,8 +126,8 @@ def test_no_secret_is_visible_on_pages_in_docker_inspect_or_in_php_fpm_environme
         all_environ = sh("docker", "exec", replica, "sh", "-c", "cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'")
         for key, value in secrets.items():
             assert value not in all_environ, f"{key} is in a process environment of {replica}"
-    files = sh("docker", "exec", f"kit-{SITE}-web-1", "stat", "-c", "%a %U %n", "/run/kit/secrets/db_password")
-    assert files.split()[:2] == ["400", "www-data"], files
+    files = sh("docker", "exec", f"kit-{SITE}-web-1", "stat", "-c", "%a %U %n", "/run/kit/secrets/db_login")
+    assert files.split()[:2] == ["400", "www-data"], files   # the database login: user and password, one file
 
 
 def test_moodles_security_checks_report_no_error(site_dir):
