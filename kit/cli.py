@@ -595,6 +595,11 @@ def images_build(force: bool, site_path: str) -> None:
 from kit.cli_loadtest import loadtest  # noqa: E402  (registered after the core commands)
 
 cli.add_command(loadtest)
+from kit.cli_auth import auth, courses, users  # noqa: E402
+
+cli.add_command(auth)
+cli.add_command(users)
+cli.add_command(courses)
 
 
 def _bug(exc: BaseException) -> None:

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from kit.errors import KitError
+from kit.errors import KitError, UsageError
 
 DEFAULT_SITE_FILE = "site.yaml"
 DEFAULT_MOODLE_GIT = "https://github.com/moodle/moodle.git"
@@ -299,6 +299,104 @@ class SecuritySettings(_Strict):
     frame_embedding: bool = Field(False, description="allow other sites to embed Moodle in frames")
 
 
+class LdapFieldMap(_Strict):
+    """Directory attribute for each Moodle profile field ("" leaves the field to Moodle)."""
+
+    email: str = "mail"
+    firstname: str = "givenName"
+    lastname: str = "sn"
+    idnumber: str = ""
+
+
+class LdapSettings(_Strict):
+    """Moodle's auth_ldap: who may sign in with the directory's password, and how its
+    accounts are kept in step (the sync task)."""
+
+    url: str = Field(pattern=r"^ldaps?://[^\s;]+$", description="ldap:// or ldaps:// URL of the directory")
+    base_dns: list[Annotated[str, Field(min_length=3)]] = Field(
+        min_length=1, description="where users are searched (Moodle's contexts)")
+    bind_dn: str = Field(min_length=3, description="the read-only account Moodle binds with "
+                                                   "(its password: `kit auth ldap --password-stdin`)")
+    user_type: Literal["rfc2307", "rfc2307bis", "ad", "samba", "edir", "default"] = Field(
+        "rfc2307", description="directory schema: rfc2307 (OpenLDAP), ad (Active Directory)")
+    user_attribute: str = Field("uid", description="attribute holding the username (AD: sAMAccountName)")
+    object_class: str = Field("person", description="objectClass every user entry has")
+    subcontexts: bool = Field(True, description="also search below the base DNs")
+    start_tls: bool = Field(False, description="STARTTLS on an ldap:// URL")
+    ca_file: str | None = Field(None, description="CA that signs the directory's certificate (ldaps/STARTTLS)")
+    map: LdapFieldMap = LdapFieldMap()
+    removed: Literal["keep", "suspend", "delete"] = Field(
+        "suspend", description="what the sync does to an account gone from the directory")
+    sync_every_min: int = Field(60, ge=5, le=1440, description="minutes between directory syncs")
+
+
+OAUTH2_PROVIDERS = ("microsoft", "google", "oidc")
+
+
+class OAuth2Endpoints(_Strict):
+    """An issuer's endpoints, given so that creating it needs no network at rollout."""
+
+    authorization: str = Field(pattern=r"^https://")
+    token: str = Field(pattern=r"^https://")
+    userinfo: str = Field(pattern=r"^https://")
+
+
+class OAuth2Issuer(_Strict):
+    """One sign-in button: Microsoft 365, Google Workspace, or any OpenID Connect provider."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,30}$", description="the issuer's key (names its secret)")
+    provider: Literal["microsoft", "google", "oidc"]
+    client_id: str = Field(min_length=1)
+    tenant: str = Field("common", pattern=r"^[A-Za-z0-9.-]+$", description="microsoft: the tenant (directory) ID")
+    issuer: str | None = Field(None, pattern=r"^https://[^\s]+$",
+                               description="oidc: the issuer URL (its /.well-known/openid-configuration)")
+    endpoints: OAuth2Endpoints | None = Field(None, description="the endpoints, when they are not the preset's")
+    domains: list[str] = Field(default_factory=list, description="e-mail domains allowed to sign in (empty: any)")
+    show_on_login: bool = Field(True, description="a button on the login page")
+
+    @model_validator(mode="after")
+    def _issuer_for_oidc(self) -> "OAuth2Issuer":
+        if self.provider == "oidc" and not self.issuer:
+            raise ValueError("an oidc issuer needs issuer: its https:// URL")
+        return self
+
+    @property
+    def secret_key(self) -> str:
+        return f"oauth2_{self.name}_secret"
+
+
+class MfaSettings(_Strict):
+    admins: Literal["off", "totp"] = Field("off", description="totp: site admins need an authenticator code")
+    grace_days: int = Field(7, ge=0, le=90, description="days an admin without an authenticator may still sign in")
+
+
+class AuthSettings(_Strict):
+    """How people sign in. Applied by `kit up` through Moodle's own APIs, on every target."""
+
+    ldap: LdapSettings | None = None
+    oauth2: list[OAuth2Issuer] = Field(default_factory=list)
+    mfa: MfaSettings = MfaSettings()
+    idp_ca_file: str | None = Field(None, description="CA of a private identity provider's HTTPS (PEM): "
+                                                      "Moodle's outbound requests trust it besides the system's")
+    allow_private_idp: bool = Field(False, description="TESTS ONLY: let Moodle's curl reach private and "
+                                                       "loopback addresses (a local identity provider)")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "AuthSettings":
+        names = [issuer.name for issuer in self.oauth2]
+        if len(set(names)) != len(names):
+            raise ValueError("two oauth2 issuers have the same name")
+        return self
+
+    def secret_keys(self) -> tuple[str, ...]:
+        """Secrets the sign-in settings need, given by the user (never generated)."""
+        return (("ldap_bind_password",) if self.ldap else ()) + tuple(i.secret_key for i in self.oauth2)
+
+    def secret_files(self) -> list[str]:
+        """Secret files Moodle reads for sign-in: those, and the kit admin's authenticator secret."""
+        return [*self.secret_keys(), *(["admin_totp_secret"] if self.mfa.admins == "totp" else [])]
+
+
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 TLS_MODES = ("acme", "files", "self-signed", "proxy")
 
@@ -342,6 +440,7 @@ class Site(_Strict):
     database: DatabaseSettings = DatabaseSettings()
     tls: TlsSettings = TlsSettings()
     security: SecuritySettings = SecuritySettings()
+    auth: AuthSettings = AuthSettings()
 
     # Where the site lives on disk; not part of site.yaml.
     site_dir: Path = Field(Path("."), exclude=True)
@@ -576,6 +675,11 @@ def load_secrets(site: Site) -> dict[str, str]:
     missing = [k for k in secret_keys(site) if not current.get(k)]
     if missing:
         raise KitError(f"{site.secrets_file}: has no {', '.join(missing)}; {_restore_hint(site)}")
+    signin = [k for k in site.auth.secret_keys() if not current.get(k)]
+    if signin:
+        how = {"ldap_bind_password": "kit auth ldap ... --password-stdin"}
+        raise UsageError("site.yaml's auth section needs secrets that the secrets file lacks: " + ", ".join(
+            f"{k} (`{how.get(k, 'kit auth oauth2/oidc ... --client-secret-stdin')}`)" for k in signin))
     return current
 
 

@@ -98,6 +98,20 @@ def check_secrets(site: Site) -> Check:
     return Check("secrets", True, f"{site.secrets_file} (owner-only)")
 
 
+def check_signin(site: Site) -> Check:
+    """The sign-in settings render (their CA files are readable PEM): `kit up` mounts them."""
+    from kit import signin
+
+    try:
+        signin.ldap_ca(site)
+        signin.outbound_ca(site)
+        methods = signin.settings(site)["enabled"]
+    except KitError as exc:
+        return Check("sign-in", False, str(exc))
+    extra = (f", MFA for admins: {site.auth.mfa.admins}" if site.auth.mfa.admins != "off" else "")
+    return Check("sign-in", True, f"Moodle accounts{''.join(', ' + m for m in methods)}{extra}")
+
+
 def check_owner(target: Target) -> Check:
     from kit import identity
 
@@ -113,7 +127,7 @@ def check_owner(target: Target) -> Check:
 def preflight(target: Target) -> list[Check]:
     """Everything `kit up` checks before it changes anything, in the order it checks them."""
     site = target.site
-    checks = [check_secrets(site), check_moodle_source(site), check_disk(site)]
+    checks = [check_secrets(site), check_signin(site), check_moodle_source(site), check_disk(site)]
     try:
         own = target.preflight()
     except KitError as exc:

@@ -42,8 +42,9 @@ def snapshot_dir(site: Site, release_id: int) -> Path:
 
 
 #: Variables today's playbooks need that snapshots of older kits lack (their config.php read
-#: secrets from the environment, which containers no longer get).
-SNAPSHOT_NEEDS = ("kit_secrets_dir", "kit_tls", "kit_network_tls")
+#: secrets from the environment, which containers no longer get; their config files had no
+#: sign-in settings, which every Moodle container now mounts).
+SNAPSHOT_NEEDS = ("kit_secrets_dir", "kit_tls", "kit_network_tls", "kit_signin_file")
 
 
 def snapshot_problem(site: Site, release_id: int) -> str | None:
@@ -57,8 +58,8 @@ def snapshot_problem(site: Site, release_id: int) -> str | None:
         return f"release {release_id} has no readable snapshot ({vars_file})"
     missing = [key for key in SNAPSHOT_NEEDS if key not in data]
     if missing:
-        return (f"release {release_id} was rolled out by an older kit (its snapshot lacks {', '.join(missing)}: "
-                "secrets then reached containers through the environment), which this kit cannot apply again")
+        return (f"release {release_id} was rolled out by an older kit (its snapshot lacks {', '.join(missing)}), "
+                "which this kit cannot apply again")
     return None
 
 

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from kit import ROOT, __version__
+from kit import ROOT, __version__, signin
 from kit.config import Site
 from kit.images import ImageSet
 from kit.sizing import Tuning
@@ -31,7 +31,13 @@ CONFIG_FILES = {
     "postgresql.conf": ("db",),
     "pg_hba.conf": ("db",),
     "redis.conf": ("redis",),
+    "signin.json": (),   # read by signin.php on each rollout; no container restarts for it
+    "ldap.conf": ("web", "cron", "worker"),     # libldap reads it once per process
+    "ldap-ca.crt": ("web", "cron", "worker"),   # the directory's CA (auth.ldap.ca_file), or empty
+    "outbound-ca.crt": ("web", "cron", "worker"),   # the system's CAs and auth.idp_ca_file, or empty
 }
+#: Config files that are not jinja templates (made in render_files).
+GENERATED = ("signin.json", "ldap-ca.crt", "outbound-ca.crt")
 
 
 @dataclass(frozen=True)
@@ -180,7 +186,11 @@ def render_files(site: Site, tuning: Tuning) -> dict[str, str]:
     env = _env()
     ctx = {"site": site, "tuning": tuning, "names": names_for(site, tuning), "topology": topology_for(site, tuning),
            "database": database_vars(site, tuning), "secrets_dir": SECRETS_DIR, "edge": EDGE}
-    return {name: env.get_template(f"{name}.j2").render(**ctx) for name in CONFIG_FILES}
+    files = {name: env.get_template(f"{name}.j2").render(**ctx) for name in CONFIG_FILES if name not in GENERATED}
+    files["signin.json"] = signin.render(site)
+    files["ldap-ca.crt"] = signin.ldap_ca(site)
+    files["outbound-ca.crt"] = signin.outbound_ca(site)
+    return files
 
 
 def driver_vars(site: Site, tuning: Tuning, images: ImageSet, files: dict[str, str]) -> dict:
@@ -239,6 +249,9 @@ def driver_vars(site: Site, tuning: Tuning, images: ImageSet, files: dict[str, s
         "kit_secrets_dir": SECRETS_DIR,
         "kit_tls": tls_vars(site),
         "kit_install_secrets_dir": INSTALL_SECRETS_DIR,
+        "kit_signin_file": signin.SIGNIN_FILE,
+        # Secret files the sign-in settings read (given with `kit auth`, never generated).
+        "kit_signin_secrets": site.auth.secret_files(),
     }
 
 

@@ -6,19 +6,25 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$KIT_ROOT"
 # The tests' own servers: a PostgreSQL 15 (the database module and the external-database
 # site are tested against a real one), pebble (an ACME server) with dnsmasq (its resolver)
-# for the end-to-end site's HTTPS, and openssl's client for the TLS checks.
+# for the end-to-end site's HTTPS, openssl's client for the TLS checks, and slapd (a real
+# directory) for the sign-in checks.
 test_pkgs=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || test_pkgs+=(postgresql-15)
 command -v pebble >/dev/null 2>&1 || test_pkgs+=(pebble)
 command -v dnsmasq >/dev/null 2>&1 || test_pkgs+=(dnsmasq-base)
 command -v openssl >/dev/null 2>&1 || test_pkgs+=(openssl)
+# The sign-in test's directory: Debian's OpenLDAP server and its client tools.
+command -v slapd >/dev/null 2>&1 || [ -x /usr/sbin/slapd ] || test_pkgs+=(slapd)
+command -v ldapadd >/dev/null 2>&1 || test_pkgs+=(ldap-utils)
 if [ "${#test_pkgs[@]}" -gt 0 ]; then
     echo "==> apt-get install ${test_pkgs[*]} (for the tests)"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${test_pkgs[@]}" >/dev/null
+    # The package starts a system slapd; the tests run their own, on their own ports.
+    if [[ " ${test_pkgs[*]} " == *" slapd "* ]]; then service slapd stop >/dev/null 2>&1 || true; fi
 fi
 echo "==> ruff check"
 ruff check .
 echo "==> mypy"
 mypy
-exec python -m pytest -ra "$@"
+exec python -m pytest -ra --durations=30 "$@"

@@ -55,6 +55,16 @@ SITES = {
         "kubernetes": {"namespace": NAMESPACE, "release": RELEASE, "host": "lms.example.edu", "keda": True,
                        "pgbouncer": True, "web_max_replicas": 30, "workers_max": 40}},
 }
+#: How people sign in (site.yaml's auth): the install Job applies it as `kit up` does.
+SIGNIN = {"ldap": {"url": "ldaps://dc.example.edu", "base_dns": ["ou=students,dc=example,dc=edu"],
+                   "bind_dn": "cn=moodle,ou=svc,dc=example,dc=edu", "user_type": "ad",
+                   "user_attribute": "sAMAccountName"},
+          "oauth2": [{"name": "microsoft", "provider": "microsoft", "client_id": "abc", "tenant": "t-1",
+                      "domains": ["example.edu"]}],
+          "mfa": {"admins": "totp"}}
+SITES["signin"] = {"target": "k8s", "users": 300, "url": "https://lms.example.edu",
+                   "kubernetes": {"namespace": NAMESPACE, "release": RELEASE, "host": "lms.example.edu"},
+                   "auth": SIGNIN}
 VALUE_SETS = ["defaults", *SITES]
 CRD_KINDS = {("postgresql.cnpg.io/v1", "Cluster"), ("postgresql.cnpg.io/v1", "Pooler"),
              ("keda.sh/v1alpha1", "ScaledObject"), ("keda.sh/v1alpha1", "TriggerAuthentication")}
@@ -643,3 +653,32 @@ def test_workers_may_run_adhoc_tasks_and_nothing_else_does(name):
     assert limits.pop("worker") == {workers["adhocConcurrencyLimit"]}
     assert workers["adhocConcurrencyLimit"] >= most + 1 and most >= 1
     assert limits and all(found == {0} for found in limits.values()), limits
+
+
+# --- sign-in settings ---------------------------------------------------------------------
+
+def test_the_install_job_applies_the_same_signin_text_as_the_docker_targets():
+    """Byte for byte: the ConfigMap's signin.json is what `kit up` mounts on local, and the
+    Job runs the image's signin.php on it (install.sh), as the Docker targets' configure does."""
+    from kit.render import render_files
+
+    local = parse_site({"name": "moodle", "users": 300, "auth": copy.deepcopy(SIGNIN)}, site_dir=Path("."),
+                       source="local")
+    local_text = render_files(local, plan(local))["signin.json"]
+    objs = rendered("signin")
+    config = next(o for o in find(objs, "ConfigMap") if "signin.json" in o.get("data", {}))
+    assert config["data"]["signin.json"] == local_text
+    assert json.loads(local_text)["enabled"] == ["ldap", "oauth2"]
+    job = next(o for o in find(objs, "Job", "install"))
+    pod = job["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/etc/moodle-kit/signin.json"]["subPath"] == "signin.json"
+    secret_items = {i["key"] for v in pod["volumes"] if v["name"] == "secrets" for i in v["secret"]["items"]}
+    assert {"ldap_bind_password", "oauth2_microsoft_secret", "admin_totp_secret"} <= secret_items
+    scripts = next(o for o in find(objs, "ConfigMap") if "install.sh" in o.get("data", {}))
+    assert "php /opt/kit/signin.php" in scripts["data"]["install.sh"]
+    entrypoint = (Path(__file__).parents[1] / "images" / "moodle" / "kit" / "entrypoint.sh").read_text()
+    assert "php /opt/kit/signin.php" in entrypoint.split("configure)")[1]
+    # The defaults sign in with Moodle's own accounts only.
+    default_config = next(o for o in find(rendered("defaults"), "ConfigMap") if "signin.json" in o.get("data", {}))
+    assert json.loads(default_config["data"]["signin.json"])["enabled"] == []

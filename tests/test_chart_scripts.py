@@ -103,12 +103,12 @@ def test_upgrade_hook_with_fake_moodle_cli_skips_an_empty_database(pod):
 def test_install_job_with_fake_moodle_cli_installs_only_an_empty_database(pod):
     code, calls, _ = run_script(pod, "install.sh", FAKE_INSTALLED="empty")
     assert code == 0
-    assert calls == ["/opt/kit/install.php", "/opt/kit/configure.php"]
+    assert calls == ["/opt/kit/install.php", "/opt/kit/configure.php", "/opt/kit/signin.php"]
     log = (pod / "calls.log").read_text()
     assert "pg_isready -q -h db.example -p 5432 -d moodle -U moodle_a" in log   # the user from the Secret's file
     code, calls, _ = run_script(pod, "install.sh", FAKE_INSTALLED="installed")
     assert code == 0
-    assert calls == ["/opt/kit/configure.php"]
+    assert calls == ["/opt/kit/configure.php", "/opt/kit/signin.php"]
     code, calls, out = run_script(pod, "install.sh", FAKE_INSTALLED="Database connection failed")
     assert code != 0 and calls == [] and "cannot tell" in out
 

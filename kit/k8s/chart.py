@@ -24,7 +24,8 @@ REFERENCE_HOST = HostResources(cpus=4, memory_mb=16 * 1024)
 REFERENCE_IMAGES = ImageSet("-", "kit/moodle", "kit/moodle-web", "-", "kit/redis", "-")
 #: Chart files rendered from the kit's templates for the reference site.
 DEFAULT_FILES = {"configPhp": "config.php", "phpIni": "php.ini", "fpmPool": "fpm-pool.conf",
-                 "nginx": "nginx.conf", "redis": "redis.conf"}
+                 "nginx": "nginx.conf", "redis": "redis.conf", "signin": "signin.json",
+                 "ldapConf": "ldap.conf"}
 
 
 def reference() -> tuple[Site, Tuning]:

@@ -93,6 +93,10 @@ def config_texts(site: Site, tuning: Tuning) -> dict[str, str]:
         "fpmPool": files["fpm-pool.conf"],
         "nginx": files["nginx.conf"],
         "redis": files["redis.conf"],
+        "signin": files["signin.json"],
+        "ldapConf": files["ldap.conf"],
+        "ldapCa": files["ldap-ca.crt"],
+        "outboundCa": files["outbound-ca.crt"],
         "postgresql.conf": files["postgresql.conf"],
     }
 
@@ -237,9 +241,11 @@ def chart_values(site: Site, tuning: Tuning, images: ImageSet, moodle_version: s
             "shortname": site.moodle.shortname,
             "uploadMaxMb": site.moodle.upload_max_mb,
         },
-        "config": {key: texts[key] for key in ("configPhp", "phpIni", "fpmPool", "nginx", "redis")},
+        "config": {key: texts[key] for key in ("configPhp", "phpIni", "fpmPool", "nginx", "redis", "signin",
+                                                      "ldapConf", "ldapCa", "outboundCa")},
         "auth": {"existingSecret": secret_name(site), "create": False, "dbUser": "moodle", "dbPassword": "",
-                 "redisPassword": "", "adminPassword": "", "loadtestPassword": ""},
+                 "redisPassword": "", "adminPassword": "", "loadtestPassword": "",
+                 "signinSecrets": site.auth.secret_files()},
         "web": {
             "replicas": scale.web_min,
             "autoscaling": {"enabled": scale.web_max > scale.web_min, "maxReplicas": scale.web_max,
@@ -304,6 +310,7 @@ def secret_data(site: Site, secrets: dict[str, str]) -> dict[str, str]:
         "redis-users.acl": f"user default on #{redis_hash} ~* &* +@all\n",
         "admin-password": secrets["admin_password"],
         "loadtest-password": secrets["loadtest_password"],
+        **{key: secrets.get(key, "") for key in site.auth.secret_files()},   # keys are the file names
     }
 
 

@@ -140,6 +140,20 @@ def acme():
 
 @pytest.fixture(scope="session")
 def site_dir(tmp_path_factory, acme):
+    reuse = os.environ.get("KIT_E2E_REUSE")
+    if reuse:       # debugging: a site an earlier KIT_E2E_KEEP run left up, pointed at this pebble
+        import yaml
+
+        folder = Path(reuse)
+        data = yaml.safe_load((folder / "site.yaml").read_text())
+        data["tls"].update({"acme_directory": acme[0].directory, "acme_ca_bundle": str(acme[0].ca_file)})
+        (folder / "site.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        bundle = folder / "pebble-roots.pem"
+        bundle.write_bytes(bundle.read_bytes() + acme[0].roots_pem())
+        os.environ["REQUESTS_CA_BUNDLE"] = str(bundle)
+        resolve_site_host()
+        yield folder
+        return
     purge_leftovers()
     server, http_port, tls_port = acme
     folder = tmp_path_factory.mktemp("site")
@@ -168,7 +182,10 @@ def site_dir(tmp_path_factory, acme):
     os.environ["REQUESTS_CA_BUNDLE"] = str(bundle)
     resolve_site_host()
     yield folder
-    kit("down", "--destroy-data", "--yes", cwd=folder)
+    if os.environ.get("KIT_E2E_KEEP"):      # debugging: leave the site up (the next session purges it)
+        print(f"KIT_E2E_KEEP: site left up in {folder}")
+    else:
+        kit("down", "--destroy-data", "--yes", cwd=folder)
     MEASURED.update({k: f"{v:.0f}s" for k, v in TIMINGS.items()})
 
 

@@ -94,6 +94,12 @@ annotations:
 {{- define "moodle.configPhp" -}}
 {{- tpl (default (.Files.Get "files/config.php") .Values.config.configPhp) . -}}
 {{- end -}}
+{{- define "moodle.ldapConf" -}}
+{{- default (.Files.Get "files/ldap.conf") .Values.config.ldapConf -}}
+{{- end -}}
+{{- define "moodle.signin" -}}
+{{- default (.Files.Get "files/signin.json") .Values.config.signin -}}
+{{- end -}}
 {{- define "moodle.phpIni" -}}
 {{- default (.Files.Get "files/php.ini") .Values.config.phpIni -}}
 {{- end -}}
@@ -109,10 +115,10 @@ annotations:
 
 {{/* Pods roll when what they read changes (the same grouping as the kit's CONFIG_FILES). */}}
 {{- define "moodle.checksum.web" -}}
-{{- list (include "moodle.configPhp" .) (include "moodle.phpIni" .) (include "moodle.fpmPool" .) (include "moodle.nginxConf" .) | join "\n--\n" | sha256sum -}}
+{{- list (include "moodle.configPhp" .) (include "moodle.phpIni" .) (include "moodle.fpmPool" .) (include "moodle.nginxConf" .) (include "moodle.ldapConf" .) .Values.config.ldapCa .Values.config.outboundCa | join "\n--\n" | sha256sum -}}
 {{- end -}}
 {{- define "moodle.checksum.tasks" -}}
-{{- list (include "moodle.configPhp" .) (include "moodle.phpIni" .) | join "\n--\n" | sha256sum -}}
+{{- list (include "moodle.configPhp" .) (include "moodle.phpIni" .) (include "moodle.ldapConf" .) .Values.config.ldapCa .Values.config.outboundCa | join "\n--\n" | sha256sum -}}
 {{- end -}}
 {{- define "moodle.checksum.redis" -}}
 {{- include "moodle.redisConf" . | sha256sum -}}
@@ -167,6 +173,22 @@ capabilities:
   mountPath: /etc/php/8.2/fpm/conf.d/90-kit.ini
   subPath: php.ini
   readOnly: true
+- name: config
+  mountPath: /etc/moodle-kit/signin.json
+  subPath: signin.json
+  readOnly: true
+- name: config
+  mountPath: /etc/ldap/ldap.conf
+  subPath: ldap.conf
+  readOnly: true
+- name: config
+  mountPath: /etc/moodle-kit/ldap-ca.crt
+  subPath: ldap-ca.crt
+  readOnly: true
+- name: config
+  mountPath: /etc/moodle-kit/outbound-ca.crt
+  subPath: outbound-ca.crt
+  readOnly: true
 - name: localcache
   mountPath: /var/cache/moodle
 - name: tmp
@@ -206,6 +228,9 @@ capabilities:
       - {key: password, path: db_password}
       - {key: redis-password, path: redis_password}
       - {key: loadtest-password, path: loadtest_password}
+      {{- range .ctx.Values.auth.signinSecrets }}
+      - {key: {{ . }}, path: {{ . }}}
+      {{- end }}
 {{- end -}}
 
 {{- define "moodle.imagePullSecrets" -}}

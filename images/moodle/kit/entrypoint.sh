@@ -3,7 +3,7 @@
 #   fpm     php-fpm serving Moodle (web replicas); cron never runs here
 #   cron    the scheduled-task runner: admin/cli/cron.php kept alive, restarted in a loop
 #   worker  an adhoc-task worker: admin/cli/adhoc_task.php --execute --keep-alive
-#   install Moodle's CLI install (first rollout only), then the kit's cluster settings
+#   install Moodle's CLI install (first rollout only), then the kit's cluster and sign-in settings
 #   *       any other command, run as www-data (e.g. php admin/cli/checks.php)
 set -eu
 role="${1:-${KIT_ROLE:-fpm}}"
@@ -50,9 +50,12 @@ case "$role" in
         keep_running php admin/cli/adhoc_task.php --execute --keep-alive="${KIT_WORKER_KEEPALIVE:-900}" ;;
     install)
         as_www php /opt/kit/install.php
-        exec setpriv --reuid=www-data --regid=www-data --init-groups php /opt/kit/configure.php ;;
+        as_www php /opt/kit/configure.php
+        exec setpriv --reuid=www-data --regid=www-data --init-groups php /opt/kit/signin.php ;;
     configure)
-        exec setpriv --reuid=www-data --regid=www-data --init-groups php /opt/kit/configure.php ;;
+        # The cluster settings, then how people sign in (site.yaml's auth section).
+        as_www php /opt/kit/configure.php
+        exec setpriv --reuid=www-data --regid=www-data --init-groups php /opt/kit/signin.php ;;
     *)
         exec setpriv --reuid=www-data --regid=www-data --init-groups "$@" ;;
 esac

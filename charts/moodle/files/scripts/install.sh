@@ -1,7 +1,7 @@
 #!/bin/sh
 # The install Job, created by every release and idempotent: Moodle's CLI install when the
-# database is empty (first rollout only), then the kit's cluster settings kept in Moodle's
-# own store (the application cache on Redis), exactly as `kit up` does on hosts.
+# database is empty (first rollout only), then the kit's cluster and sign-in settings kept in
+# Moodle's own store (the application cache on Redis), exactly as `kit up` does on hosts.
 set -eu
 . /opt/kit-chart/lib.sh
 wait_for_database
@@ -18,3 +18,5 @@ case "$state" in
 esac
 wait_for_redis
 php /opt/kit/configure.php
+# How people sign in (site.yaml's auth section): the same script and settings as `kit up`.
+php /opt/kit/signin.php
