@@ -177,13 +177,19 @@ def oauth2(provider: str, client_id: str, client_secret_stdin: bool, tenant: str
 def oidc(issuer_url: str, client_id: str, client_secret_stdin: bool, domains: str | None, name: str, hidden: bool,
          site_path: str) -> None:
     """Sign-in with any OpenID Connect provider: its endpoints come from its discovery
-    document (ISSUER/.well-known/openid-configuration) when `kit up` creates the issuer."""
+    document (ISSUER/.well-known/openid-configuration), fetched once here first (refused in
+    one line if it is unreachable or incomplete) and again when `kit up` creates the issuer.
+    A provider that does not answer at rollout leaves its issuer disabled, not the rollout
+    failed."""
     if not client_secret_stdin:
         raise UsageError("--client-secret-stdin is required: the client secret is read from stdin")
     site = config.load_site(site_path)
+    secret = _secret_from_stdin("--client-secret-stdin")
+    doc = signin.check_discovery(site, issuer_url)
+    click.echo(f"provider ok: {issuer_url} (authorization at {doc['authorization_endpoint']})")
     _save_issuer(site, {"name": name, "provider": "oidc", "client_id": client_id, "issuer": issuer_url.rstrip("/"),
                         "domains": [d.strip() for d in (domains or "").split(",") if d.strip()],
-                        "show_on_login": not hidden}, _secret_from_stdin("--client-secret-stdin"))
+                        "show_on_login": not hidden}, secret)
 
 
 @auth.command()

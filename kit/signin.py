@@ -275,3 +275,29 @@ def _sign_in(site: Site, base_url: str, username: str, password: str, timeout: f
         if "logout.php" not in resp.text:
             return SignIn("refused", f"landed on {path} without a session (HTTP {resp.status_code})", resp.url)
         return SignIn("in", f"landed on {path}", resp.url)
+
+
+def check_discovery(site: Site, issuer_url: str, *, timeout: float = 10) -> dict[str, Any]:
+    """An OpenID Connect provider's discovery document, fetched as Moodle will fetch it when
+    `kit up` creates the issuer (with auth.idp_ca_file when set); one line naming what failed."""
+    import requests
+
+    url = issuer_url.rstrip("/") + "/.well-known/openid-configuration"
+    verify: bool | str = str((site.site_dir / site.auth.idp_ca_file).resolve()) if site.auth.idp_ca_file else True
+    try:
+        resp = requests.get(url, timeout=timeout, verify=verify)
+        doc = resp.json() if resp.status_code == 200 else None
+    except requests.exceptions.SSLError:
+        raise KitError(f"{url}: the provider's certificate is not trusted (a private CA: set auth.idp_ca_file); "
+                       "site.yaml unchanged") from None
+    except requests.RequestException as exc:
+        raise KitError(f"{url}: cannot reach the provider ({type(exc).__name__}); site.yaml unchanged") from None
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise KitError(f"{url}: answered HTTP {resp.status_code} without a discovery document; site.yaml unchanged")
+    missing = [k for k in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint") if not doc.get(k)]
+    if missing:
+        raise KitError(f"{url}: the discovery document has no {', '.join(missing)} (Moodle needs them); "
+                       "site.yaml unchanged")
+    return doc

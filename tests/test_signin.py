@@ -179,3 +179,16 @@ def test_doctor_reaches_the_same_verdict_on_a_missing_ca_file(tmp_path):
         site = site_with({"ldap": {**LDAP, "ca_file": "gone.pem"}}, tmp_path)
         render_files(site, plan(site))
     assert check_signin(site_with({"ldap": LDAP})).message == "Moodle accounts, ldap"
+
+
+def test_kit_auth_oidc_refuses_a_provider_it_cannot_reach_and_changes_nothing(tmp_path):
+    from tests.test_cli import kit, one_error_line
+
+    assert kit("init", "--name", "t", cwd=tmp_path).returncode == 0
+    before = (tmp_path / "site.yaml").read_bytes()
+    result = kit("auth", "oidc", "--issuer", f"https://127.0.0.1:{closed_port()}", "--client-id", "x",
+                 "--client-secret-stdin", cwd=tmp_path, stdin="s3cret\n")
+    assert result.returncode == 3
+    line = one_error_line(result)
+    assert "cannot reach the provider" in line and "site.yaml unchanged" in line and "s3cret" not in line
+    assert (tmp_path / "site.yaml").read_bytes() == before

@@ -72,7 +72,6 @@ foreach ($want['oauth2'] as $spec) {
         // \core\oauth2\issuer::LOGINONLY (a button on the login page) or SERVICEONLY.
         'showonloginpage' => $spec['showonloginpage'] ? 2 : 0,
         'alloweddomains' => $spec['alloweddomains'], 'requireconfirmation' => $spec['requireconfirmation'],
-        'enabled' => 1,
     ];
     $issuer = null;
     $moved = false;     // a discovered issuer whose URL changed: its endpoints are discovered again
@@ -82,7 +81,8 @@ foreach ($want['oauth2'] as $spec) {
         }
     }
     if (!$issuer) {
-        $issuer = new \core\oauth2\issuer(0, (object) $fields);
+        // Enabled below, once it has its endpoints.
+        $issuer = new \core\oauth2\issuer(0, (object) ($fields + ['enabled' => 0]));
         $issuer->create();
         $changes[] = "issuer {$spec['name']} created";
     } else {
@@ -106,12 +106,15 @@ foreach ($want['oauth2'] as $spec) {
     }
     if (!$spec['endpoints'] && (!$have || $moved)) {
         // A generic OpenID Connect provider: its own discovery document names the endpoints.
-        \core\oauth2\service\custom::discover_endpoints($issuer);
-        if (!\core\oauth2\api::get_endpoints($issuer)) {
-            fwrite(STDERR, "kit: {$spec['baseurl']}/.well-known/openid-configuration gave no endpoints\n");
-            exit(3);
+        // A provider that does not answer now must not fail the rollout (or a restore): the
+        // issuer stays disabled, and the next `kit up` tries again.
+        try {
+            \core\oauth2\service\custom::discover_endpoints($issuer);
+            $changes[] = "issuer {$spec['name']} endpoints discovered";
+        } catch (\Throwable $e) {
+            echo "kit: warning: issuer {$spec['name']}: discovery at {$spec['baseurl']} failed ("
+                . trim(strtok($e->getMessage(), "\n")) . "); it stays disabled until a `kit up` reaches it\n";
         }
-        $changes[] = "issuer {$spec['name']} endpoints discovered";
     }
     foreach ($spec['endpoints'] as $kind => $url) {
         $name = "{$kind}_endpoint";
@@ -134,6 +137,12 @@ foreach ($want['oauth2'] as $spec) {
                 'externalfield' => $external, 'internalfield' => $internal]))->create();
             $changes[] = "issuer {$spec['name']} maps $external";
         }
+    }
+    $usable = (bool) \core\oauth2\api::get_endpoints($issuer);
+    if ((bool) $issuer->get('enabled') !== $usable) {
+        $issuer->set('enabled', $usable ? 1 : 0);
+        $issuer->update();
+        $changes[] = "issuer {$spec['name']} " . ($usable ? 'enabled' : 'disabled (no endpoints)');
     }
 }
 
