@@ -76,9 +76,12 @@ def purge_leftovers() -> None:
         containers = names("docker", "ps", "-aq", "--filter", f"label=kit.site={name}")
         if containers:
             subprocess.run(["docker", "rm", "-f", *containers], capture_output=True)
-        volumes = names("docker", "volume", "ls", "-q", "--filter", f"label=kit.site={name}")
+        volumes = set(names("docker", "volume", "ls", "-q", "--filter", f"label=kit.site={name}"))
+        # By name too: a killed run's volumes keep an old database whose passwords are gone.
+        volumes |= {v for v in names("docker", "volume", "ls", "-q") if v.startswith(f"kit-{name}-")
+                    and not any(v.startswith(f"kit-{other}-") for other in TEST_SITES if other.startswith(name + "-"))}
         if volumes:
-            subprocess.run(["docker", "volume", "rm", *volumes], capture_output=True)
+            subprocess.run(["docker", "volume", "rm", "-f", *sorted(volumes)], capture_output=True)
         subprocess.run(["docker", "network", "rm", f"kit-{name}"], capture_output=True)
         shutil.rmtree(f"/etc/kit/{name}", ignore_errors=True)
     purge_test_tags()
