@@ -28,7 +28,6 @@ class CsvCheck:
     header: list[str]
     rows: list[tuple[int, dict[str, str]]]                        # (line number, row)
     errors: list[tuple[int, str]] = field(default_factory=list)   # (line number, what is wrong)
-    courses_named: set[str] = field(default_factory=set)          # enrolment columns' course shortnames
 
     @property
     def bad_lines(self) -> list[int]:
@@ -127,7 +126,6 @@ def check_users(check: CsvCheck, *, auth: str, known_courses: set[str]) -> CsvCh
         for column in (c for c in check.header if COURSE_COLUMN.match(c)):
             course = row.get(column, "")
             if course:
-                check.courses_named.add(course)
                 if course not in known_courses:
                     check.errors.append((line, f"{column}: no course with short name {course!r}"))
     return check

@@ -330,9 +330,6 @@ class LdapSettings(_Strict):
     sync_every_min: int = Field(60, ge=5, le=1440, description="minutes between directory syncs")
 
 
-OAUTH2_PROVIDERS = ("microsoft", "google", "oidc")
-
-
 class OAuth2Endpoints(_Strict):
     """An issuer's endpoints, given so that creating it needs no network at rollout."""
 
