@@ -162,6 +162,13 @@ def init(users: int, moodle_source: str | None, moodle_ref: str | None, name: st
 
         data = init_settings(data, namespace=namespace, host=k8s_host)
     site = config.parse_site(data, site_dir=path.resolve().parent, source="kit init")
+    if site.target == "local" and identity.load(site) is None:   # a new site beside others: its own ports
+        from kit.monitoring import free_ports
+
+        ports = free_ports()
+        if ports != (site.monitoring.prometheus_port, site.monitoring.alertmanager_port):
+            data["monitoring"] = {"prometheus_port": ports[0], "alertmanager_port": ports[1]}
+            site = config.parse_site(data, site_dir=path.resolve().parent, source="kit init")
     given: dict[str, str] = {}
     if db_password_stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -589,7 +596,8 @@ def images_build(force: bool, site_path: str) -> None:
 
     built = images.build_all(_load(site_path), Engine.local(), force=force)
     for role, tag in built.as_dict().items():
-        click.echo(f"  {role:9} {tag}")
+        if tag != "-":
+            click.echo(f"  {role:9} {tag}")
 
 
 from kit.cli_loadtest import loadtest  # noqa: E402  (registered after the core commands)
@@ -600,6 +608,10 @@ from kit.cli_auth import auth, courses, users  # noqa: E402
 cli.add_command(auth)
 cli.add_command(users)
 cli.add_command(courses)
+from kit.cli_monitor import alerts, monitor_cmd  # noqa: E402
+
+cli.add_command(alerts)
+cli.add_command(monitor_cmd)
 
 
 def _bug(exc: BaseException) -> None:

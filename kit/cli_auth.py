@@ -33,10 +33,14 @@ def _secret_from_stdin(flag: str) -> str:
 
 
 def _save(site: config.Site, auth: dict[str, Any], secrets: dict[str, str]) -> config.Site:
-    """Validate the whole new site first, then write the secrets and site.yaml (atomically):
-    a refused change leaves both files as they were."""
+    return save_section(site, "auth", auth, secrets)
+
+
+def save_section(site: config.Site, section: str, value: dict[str, Any], secrets: dict[str, str]) -> config.Site:
+    """A new site.yaml section and its secrets: the whole new site is validated first, then
+    the secrets and site.yaml are written (atomically); a refused change leaves both as they were."""
     data = site.model_dump(exclude_defaults=True, exclude={"site_dir"}, mode="json")
-    data["auth"] = auth
+    data[section] = value
     new = config.parse_site(data, site_dir=site.site_dir, source=str(site.site_dir / config.DEFAULT_SITE_FILE))
     if secrets:
         current = config.load_secrets(site)

@@ -58,8 +58,9 @@ def _common(func):
         click.option("--journey", type=click.Choice(["moodle", "exam"]), default="moodle", show_default=True,
                      help="moodle: the 14-step JMeter plan journey; exam: everyone starts a quiz at once."),
         click.option("--think", default="1,3", show_default=True, help="Think time between steps, MIN,MAX seconds."),
-        click.option("--slo", "slos", multiple=True, default=("p95=1s", "errors=1%"), show_default=True,
-                     help="Service level to meet, e.g. p95=1s, p99=2s, errors=1% (repeatable)."),
+        click.option("--slo", "slos", multiple=True, default=(), show_default="site.yaml's slo (p95=1s, errors=1%)",
+                     help="Service level to meet, e.g. p95=1s, p99=2s, errors=1% (repeatable). Without it, the "
+                          "site's slo: the one its alerts fire on."),
         click.option("--processes", type=click.IntRange(1, 64), default=1, show_default=True,
                      help="Locust worker processes on this host (locust's distributed mode)."),
         click.option("--yes", "-y", is_flag=True, help="Do not ask before loading a host that is not this one."),
@@ -106,6 +107,27 @@ def _prepare(site_path: str, url: str | None, target_file: str | None, yes: bool
     return site, target, host, host_header, target_path, password, out_base, name
 
 
+def _parse_slos(slos: tuple[str, ...], site_path: str) -> list[lt.SLO]:
+    """--slo as given, else site.yaml's slo (the alerts' too), else the model's defaults."""
+    if not slos:
+        slo = config.load_site(site_path).slo if Path(site_path).exists() else config.SloSettings()
+        slos = (f"p95={slo.p95_ms}ms", f"errors={slo.errors_percent:g}%")
+    return [lt.parse_slo(s) for s in slos]
+
+
+def _server_side(target: Target | None, started: float, ended: float) -> dict[str, float | None] | None:
+    """The edge's own figures for the run, from the site's Prometheus (None where there is none)."""
+    if target is None or not target.site.monitoring.enabled:
+        return None
+    time.sleep(target.site.monitoring.scrape_interval_s + 2)    # mtail flushes in 2 s, then a scrape
+    try:
+        with target.monitor() as monitor:
+            return monitor.window(started, ended)
+    except KitError as exc:
+        click.secho(f"server side: not read from Prometheus ({exc})", fg="yellow")
+        return None
+
+
 def _parse_levels(text: str) -> list[int]:
     try:
         levels = [int(part) for part in text.split(",") if part.strip()]
@@ -136,11 +158,15 @@ def _site_facts(site: config.Site) -> dict:
 
 def _print_cost(cost: LevelCost) -> None:
     tiers = ", ".join(f"{role} {ms:.1f}" for role, ms in sorted(cost.cpu_ms_per_request.items())
-                      if role not in ("site", "load_generator"))
+                      if role not in ("site", "load_generator", "monitoring"))
     xacts = f"{cost.db_xacts_per_request:.1f}" if cost.db_xacts_per_request is not None else "-"
+    watching = ""
+    if "monitoring" in cost.cpu_cores_busy and cost.cpu_cores_busy.get("site"):
+        share = cost.cpu_cores_busy["monitoring"] / cost.cpu_cores_busy["site"]
+        watching = f"; monitoring {cost.cpu_cores_busy['monitoring']:.3f} cores ({share:.1%} of the site's)"
     click.echo(f"cost per request: site CPU {cost.cpu_ms_per_request['site']:.1f} ms ({tiers}); "
                f"DB transactions {xacts}; load generator {cost.cpu_ms_per_request['load_generator']:.1f} ms; "
-               f"host CPU {cost.host_cpu_pct:.0f}% of {cost.host_cpus * 100}%")
+               f"host CPU {cost.host_cpu_pct:.0f}% of {cost.host_cpus * 100}%{watching}")
 
 
 def level_entry(result: lt.RunResult, cost: LevelCost | None) -> dict:
@@ -164,7 +190,7 @@ def run_cmd(users: int, spawn_rate: float, duration: str, shape: str, peak: int,
             window: str, url: str | None, target_file: str | None, journey: str, think: str, slos: tuple[str, ...],
             processes: int, yes: bool, site_path: str) -> None:
     """One load run; prints a per-step table and exits non-zero when an SLO is missed."""
-    parsed_slos = [lt.parse_slo(s) for s in slos]
+    parsed_slos = _parse_slos(slos, site_path)
     duration_s, step_time_s, window_s = (lt.parse_duration(d) for d in (duration, step_time, window))
     lt.ensure_locustfile()
     site, target, host, host_header, target_path, password, out_base, name = _prepare(site_path, url, target_file,
@@ -178,15 +204,25 @@ def run_cmd(users: int, spawn_rate: float, duration: str, shape: str, peak: int,
                        public_url=site.url if host_header and site else None)
     meter = _meter(site, target, url)
     before = meter.snapshot() if meter else None
+    started = time.time()
     result = lt.run_locust(job, parsed_slos, f"{journey} journey")
+    ended = time.time()
     lt.print_table(result)
+    summary_file = job.out_dir / "summary.json"
+    summary = json.loads(summary_file.read_text())
     if meter and before:
         cost = meter.cost(before, meter.snapshot(), result.total.requests)
         _print_cost(cost)
-        summary_file = job.out_dir / "summary.json"
-        summary = json.loads(summary_file.read_text())
         summary["cost"], summary["site"] = cost.as_dict(), _site_facts(site)
-        summary_file.write_text(json.dumps(summary, indent=2) + "\n")
+    server = _server_side(target, started, ended)
+    if server is not None:
+        click.echo("server side (edge, Prometheus): "
+                   + (f"p95 {server['p95_ms']:.0f}ms" if server["p95_ms"] is not None else "p95 -")
+                   + f", {server['requests'] or 0:.0f} requests ({server['pages'] or 0:.0f} not redirects; "
+                     "locust counts a request with the redirects it follows as one)"
+                   + f", {server['errors_5xx'] or 0:.0f} 5xx")
+        summary["server_side"] = server
+    summary_file.write_text(json.dumps(summary, indent=2) + "\n")
     click.echo(f"reports: {job.out_dir}/ (report.html, locust_stats.csv, summary.json)")
     if result.slo_missed:
         for missed in result.slo_missed:
@@ -211,7 +247,7 @@ def capacity(start: int, step: int, max_users: int, levels_text: str | None, ref
              target_file: str | None, journey: str, think: str, slos: tuple[str, ...], processes: int, yes: bool,
              site_path: str) -> None:
     """Step the load up until an SLO fails; report the highest user count that met every SLO."""
-    parsed_slos = [lt.parse_slo(s) for s in slos]
+    parsed_slos = _parse_slos(slos, site_path)
     step_s = lt.parse_duration(step_time)
     lt.ensure_locustfile()
     site, target, host, host_header, target_path, password, out_base, name = _prepare(site_path, url, target_file,

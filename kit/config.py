@@ -160,6 +160,9 @@ class KubernetesSettings(_Strict):
     pgbouncer: bool = Field(False, description="CloudNativePG Pooler (session mode) in front of PostgreSQL")
     # Autoscaling bounds; the minimums are kit plan's web_replicas and workers.
     keda: bool = Field(False, description="scale workers on Moodle's adhoc queue with KEDA")
+    monitoring: bool = Field(False, description="the cluster runs the Prometheus operator: the chart renders "
+                                                "exporter sidecars, ServiceMonitors and a PrometheusRule with "
+                                                "the site's alert rules")
     web_max_replicas: int | None = Field(None, ge=1, le=500)
     workers_max: int | None = Field(None, ge=0, le=500)
 
@@ -394,6 +397,59 @@ class AuthSettings(_Strict):
         return [*self.secret_keys(), *(["admin_totp_secret"] if self.mfa.admins == "totp" else [])]
 
 
+class SloSettings(_Strict):
+    """The service level of the site: `kit loadtest` gates on it and the latency and error
+    alerts fire on it (one home for both)."""
+
+    p95_ms: int = Field(1000, ge=10, le=60000, description="95th-percentile response time limit (ms)")
+    errors_percent: float = Field(1.0, ge=0, le=100, description="share of failed (5xx) requests allowed (%)")
+
+
+class AlertEmail(_Strict):
+    """Alert mail through an SMTP relay (its password, if any, in the secrets file)."""
+
+    to: str = Field(pattern=r"^[^@\s]+@[^@\s]+$", description="who gets the alerts")
+    sender: str = Field(pattern=r"^[^@\s]+@[^@\s]+$", description="the From: address")
+    smarthost: str = Field(pattern=r"^[A-Za-z0-9.-]+:[0-9]{1,5}$", description="SMTP relay HOST:PORT")
+    username: str | None = Field(None, description="SMTP login (its password: `kit alerts email --password-stdin`)")
+    require_tls: bool = Field(True, description="STARTTLS required (false only for a relay on a trusted network)")
+
+
+class MonitoringSettings(_Strict):
+    """Prometheus, Alertmanager and Debian's exporters beside the site (127.0.0.1 only).
+    Alert thresholds live here; latency and errors come from `slo`."""
+
+    enabled: bool = Field(True, description="run the monitoring stack with the site")
+    prometheus_port: int = Field(9090, ge=1, le=65535, description="Prometheus on 127.0.0.1 (and the dashboard)")
+    alertmanager_port: int = Field(9093, ge=1, le=65535, description="Alertmanager on 127.0.0.1")
+    scrape_interval_s: int = Field(15, ge=1, le=300, description="how often every exporter is read")
+    retention_days: int = Field(15, ge=1, le=3650, description="metrics kept at most this long")
+    retention_mb: int = Field(2048, ge=64, le=1_000_000, description="metrics kept at most this much disk")
+    queue_age_minutes: int = Field(10, ge=1, le=1440, description="alert: the oldest overdue adhoc task")
+    cron_stale_minutes: int = Field(5, ge=1, le=1440, description="alert: scheduled tasks not started for")
+    db_connections_percent: int = Field(80, ge=1, le=100, description="alert: PostgreSQL connections in use")
+    disk_percent: int = Field(85, ge=1, le=100, description="alert: moodledata, pgdata or log disk use")
+    cert_days: int = Field(14, ge=1, le=90, description="alert: the edge certificate expires within")
+    alert_for_s: int | None = Field(None, ge=0, le=86400,
+                                    description="TESTS ONLY: one `for` for every alert instead of each one's own")
+    email: AlertEmail | None = None
+    webhook: bool = Field(False, description="post alerts to a webhook (its URL, a secret: "
+                                             "`kit alerts webhook --url-stdin`)")
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> "MonitoringSettings":
+        if self.prometheus_port == self.alertmanager_port:
+            raise ValueError("monitoring.prometheus_port and alertmanager_port must differ")
+        return self
+
+    def secret_keys(self) -> tuple[str, ...]:
+        """Secrets alert delivery needs, given by the user (never generated)."""
+        if not self.enabled:
+            return ()
+        return ((("smtp_password",) if self.email and self.email.username else ())
+                + (("alert_webhook_url",) if self.webhook else ()))
+
+
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 TLS_MODES = ("acme", "files", "self-signed", "proxy")
 
@@ -438,6 +494,8 @@ class Site(_Strict):
     tls: TlsSettings = TlsSettings()
     security: SecuritySettings = SecuritySettings()
     auth: AuthSettings = AuthSettings()
+    slo: SloSettings = SloSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
 
     # Where the site lives on disk; not part of site.yaml.
     site_dir: Path = Field(Path("."), exclude=True)
@@ -672,6 +730,11 @@ def load_secrets(site: Site) -> dict[str, str]:
     missing = [k for k in secret_keys(site) if not current.get(k)]
     if missing:
         raise KitError(f"{site.secrets_file}: has no {', '.join(missing)}; {_restore_hint(site)}")
+    alerting = [k for k in site.monitoring.secret_keys() if not current.get(k)]
+    if alerting:
+        raise UsageError("site.yaml's monitoring section needs secrets that the secrets file lacks: " + ", ".join(
+            f"{k} (`kit alerts {'email ... --password-stdin' if k == 'smtp_password' else 'webhook --url-stdin'}`)"
+            for k in alerting))
     signin = [k for k in site.auth.secret_keys() if not current.get(k)]
     if signin:
         how = {"ldap_bind_password": "kit auth ldap ... --password-stdin"}

@@ -188,11 +188,25 @@ create or replace function {schema}.adhoc_queue(out queued bigint, out oldest_ag
            count(*) filter (where nextruntime <= extract(epoch from now())),
            count(*) filter (where faildelay > 0)
       from mdl_task_adhoc $$;
+-- Moodle's own signals for the exporter: when the scheduled-task runner last ran a task (a
+-- kept-alive cron.php records its start only every 15 minutes, but several core tasks run every
+-- minute), scheduled tasks whose last run failed, users active in 5 minutes, sessions.
+create or replace function {schema}.moodle_signals(out cron_last_start_s bigint, out scheduled_failing bigint,
+                                                   out users_active_5m bigint, out sessions bigint)
+  language sql stable security definer set search_path = public, pg_temp as $$
+    select greatest(coalesce((select value::bigint from mdl_config_plugins
+                               where plugin = 'tool_task' and name = 'lastcronstart'), 0),
+                    coalesce((select max(lastruntime) from mdl_task_scheduled where disabled = 0), 0)),
+           (select count(*) from mdl_task_scheduled where faildelay > 0),
+           (select count(*) from mdl_user where deleted = 0
+                and lastaccess > extract(epoch from now())::bigint - 300),
+           (select count(*) from mdl_sessions) $$;
 create or replace function {schema}.moodle_setting(name text) returns text
   language sql stable security definer set search_path = public, pg_temp as $$
     select value from mdl_config where mdl_config.name = moodle_setting.name and name in ('version', 'release') $$;
 revoke all on function {schema}.adhoc_queue() from public;
 revoke all on function {schema}.moodle_setting(text) from public;
+revoke all on function {schema}.moodle_signals() from public;
 """
 
 
@@ -205,8 +219,9 @@ def ensure_functions(owner: Database, monitor_user: str, *, as_role: str | None 
         conn.execute(sql.SQL(_FUNCTIONS).format(schema=sql.Identifier(SCHEMA)))
         statements: list[sql.Composed] = [
             sql.SQL("grant usage on schema {} to {}").format(sql.Identifier(SCHEMA), sql.Identifier(monitor_user)),
-            sql.SQL("grant execute on function {}.adhoc_queue(), {}.moodle_setting(text) to {}").format(
-                sql.Identifier(SCHEMA), sql.Identifier(SCHEMA), sql.Identifier(monitor_user)),
+            sql.SQL("grant execute on function {}.adhoc_queue(), {}.moodle_setting(text), {}.moodle_signals() "
+                    "to {}").format(sql.Identifier(SCHEMA), sql.Identifier(SCHEMA), sql.Identifier(SCHEMA),
+                                    sql.Identifier(monitor_user)),
         ]
         for statement in statements:
             conn.execute(statement)

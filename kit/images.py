@@ -187,15 +187,16 @@ class ImageSet:
     postgres: str
     redis: str
     edge: str
+    monitor: str = "-"     # releases recorded before monitoring existed have none
 
     @classmethod
     def placeholder(cls) -> "ImageSet":
         """For renders that need no image (installing Docker, taking a site down)."""
-        return cls("-", "-", "-", "-", "-", "-")
+        return cls("-", "-", "-", "-", "-", "-", "-")
 
     def as_dict(self) -> dict[str, str]:
         return {"php": self.php, "moodle": self.moodle, "web": self.web,
-                "postgres": self.postgres, "redis": self.redis, "edge": self.edge}
+                "postgres": self.postgres, "redis": self.redis, "edge": self.edge, "monitor": self.monitor}
 
 
 def image_set(site: Site, source: MoodleSource | None = None) -> ImageSet:
@@ -205,6 +206,7 @@ def image_set(site: Site, source: MoodleSource | None = None) -> ImageSet:
     postgres_tag = _hash(base, _dir_digest(IMAGES_DIR / "postgres"))
     redis_tag = _hash(base, _dir_digest(IMAGES_DIR / "redis"))
     edge_tag = _hash(base, _dir_digest(IMAGES_DIR / "edge"))
+    monitor_tag = _hash(base, _dir_digest(IMAGES_DIR / "monitor"))
     if site.images.tag:
         moodle_tag = site.images.tag
     else:
@@ -218,6 +220,7 @@ def image_set(site: Site, source: MoodleSource | None = None) -> ImageSet:
         postgres=f"{prefix}/postgres:{postgres_tag}",
         redis=f"{prefix}/redis:{redis_tag}",
         edge=f"{prefix}/edge:{edge_tag}",
+        monitor=f"{prefix}/monitor:{monitor_tag}" if site.monitoring.enabled else "-",
     )
 
 
@@ -273,6 +276,8 @@ def build_all(site: Site, engine: Engine, *, force: bool = False) -> ImageSet:
             (images.postgres, lambda: _docker_build(images.postgres, IMAGES_DIR / "postgres", base)),
             (images.redis, lambda: _docker_build(images.redis, IMAGES_DIR / "redis", base)),
             (images.edge, lambda: _docker_build(images.edge, IMAGES_DIR / "edge", base)),
+            *([(images.monitor, lambda: _docker_build(images.monitor, IMAGES_DIR / "monitor", base))]
+              if images.monitor != "-" else []),
             (images.moodle, lambda: stream_to(
                 ["docker", "build", "--pull=false", "-t", images.moodle, "--build-arg", f"PHP_IMAGE={images.php}", "-"],
                 lambda out: _stream_moodle_context(out, source.path()), env=BUILD_ENV)),

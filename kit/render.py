@@ -14,8 +14,9 @@ from urllib.parse import urlparse
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from kit import ROOT, __version__, signin
+from kit import ROOT, __version__, monitoring, signin
 from kit.config import Site
+from kit.db import SCHEMA
 from kit.images import ImageSet
 from kit.sizing import Tuning
 
@@ -35,9 +36,19 @@ CONFIG_FILES = {
     "ldap.conf": ("web", "cron", "worker"),     # libldap reads it once per process
     "ldap-ca.crt": ("web", "cron", "worker"),   # the directory's CA (auth.ldap.ca_file), or empty
     "outbound-ca.crt": ("web", "cron", "worker"),   # the system's CAs and auth.idp_ca_file, or empty
+    # Monitoring (kit/monitoring.py): Prometheus, Alertmanager and the exporters restart on a change.
+    "prometheus.yml": ("prometheus",),
+    "alerts.yml": ("prometheus",),
+    "alertmanager.yml": ("alertmanager",),
+    "blackbox.yml": ("exporters",),
+    "pg-queries.yaml": ("exporters",),
+    "edge.mtail": ("exporters",),
 }
 #: Config files that are not jinja templates (made in render_files).
-GENERATED = ("signin.json", "ldap-ca.crt", "outbound-ca.crt")
+GENERATED = ("signin.json", "ldap-ca.crt", "outbound-ca.crt", "prometheus.yml")
+#: The monitoring stack's files (mounted into its containers, under monitoring.CONFIG_DIR).
+MONITORING_FILES = ("prometheus.yml", "alerts.yml", "alertmanager.yml", "blackbox.yml", "pg-queries.yaml",
+                    "edge.mtail")
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,23 @@ class Names:
         return f"{self.prefix}-edge"
 
     @property
+    def prometheus(self) -> str:
+        return f"{self.prefix}-prometheus"
+
+    @property
+    def alertmanager(self) -> str:
+        return f"{self.prefix}-alertmanager"
+
+    @property
+    def exporters(self) -> str:
+        return f"{self.prefix}-exporters"
+
+    @property
+    def procs(self) -> str:
+        """The process exporter (it sees the host's processes: CPU per tier)."""
+        return f"{self.prefix}-procs"
+
+    @property
     def cron(self) -> str:
         return f"{self.prefix}-cron"
 
@@ -90,7 +118,7 @@ class Names:
         import re
 
         pattern = (rf"{re.escape(self.prefix)}(-(db|redis|edge|cron|oneoff|web-[0-9]+(-nginx)?|worker-[0-9]+"
-                   r"|moodledata|pgdata|redisdata|letsencrypt))?")
+                   r"|moodledata|pgdata|redisdata|letsencrypt|prometheus|alertmanager|exporters|procs|metrics|edgelogs))?")
         return re.fullmatch(pattern, name) is not None
 
 
@@ -106,7 +134,9 @@ SECRETS_DIR = "/run/kit/secrets"
 INSTALL_SECRETS_DIR = "/run/kit/install"
 #: Inside the edge: where nginx finds the certificate (a mount, or links to certbot's), and
 #: the webroot certbot answers ACME HTTP-01 challenges from.
-EDGE = {"cert_dir": "/run/kit-tls", "acme_webroot": "/var/www/acme"}
+EDGE = {"cert_dir": "/run/kit-tls", "acme_webroot": "/var/www/acme",
+        # the metrics log mtail reads (a volume the exporters mount at monitoring.EDGE_LOG)
+        "metrics_log": "/var/log/kit/edge-metrics.log"}
 
 
 @dataclass(frozen=True)
@@ -165,7 +195,10 @@ def topology_for(site: Site, tuning: Tuning) -> Topology:
         db_endpoint=str(external["host"]) if external else db.address, redis_endpoint="127.0.0.1",
         redis_tunnel=f"{redis.address}:6379",
         replicas={n: {"host": m.name, "upstream": f"{m.address}:{hosts.web_port}",
-                      "publish": [f"{m.address}:{hosts.web_port}:80"]} for n, m in zip(names.web, web, strict=False)},
+                      # the status port too (stub_status, php-fpm's), for the Prometheus on the edge machine
+                      "publish": [f"{m.address}:{hosts.web_port}:80"]
+                      + ([f"{m.address}:{hosts.web_port + 1}:{monitoring.STATUS_PORT}"] if site.monitoring.enabled
+                         else [])} for n, m in zip(names.web, web, strict=False)},
         workers={n: runners[i % len(runners)].name for i, n in enumerate(names.worker)},
         hosts_for={role: [] if role == "db" and external else
                    [m.name for m in hosts.with_role(role)] or [hosts.with_role("cron")[0].name]
@@ -185,8 +218,13 @@ def render_files(site: Site, tuning: Tuning) -> dict[str, str]:
     """Config files as text, keyed by file name."""
     env = _env()
     ctx = {"site": site, "tuning": tuning, "names": names_for(site, tuning), "topology": topology_for(site, tuning),
-           "database": database_vars(site, tuning), "secrets_dir": SECRETS_DIR, "edge": EDGE}
+           "database": database_vars(site, tuning), "secrets_dir": SECRETS_DIR, "edge": EDGE,
+           "alert_for": monitoring.alert_for, "probe_target": monitoring.probe_target,
+           "buckets": monitoring.buckets(site), "disk_dir": monitoring.DISK_DIR, "schema": SCHEMA,
+           "monitor_secrets_dir": monitoring.SECRETS_DIR, "status_port": monitoring.STATUS_PORT,
+           "webhook_placeholder": monitoring.WEBHOOK_PLACEHOLDER}
     files = {name: env.get_template(f"{name}.j2").render(**ctx) for name in CONFIG_FILES if name not in GENERATED}
+    files["prometheus.yml"] = monitoring.render_prometheus(site, tuning)
     files["signin.json"] = signin.render(site)
     files["ldap-ca.crt"] = signin.ldap_ca(site)
     files["outbound-ca.crt"] = signin.outbound_ca(site)
@@ -198,7 +236,7 @@ def driver_vars(site: Site, tuning: Tuning, images: ImageSet, files: dict[str, s
     names = names_for(site, tuning)
     topo = topology_for(site, tuning)
     checksums: dict[str, str] = {}
-    for service in ("web", "cron", "worker", "db", "redis"):
+    for service in ("web", "cron", "worker", "db", "redis", "prometheus", "alertmanager", "exporters"):
         digest = hashlib.sha256()
         for name, users in CONFIG_FILES.items():
             if service in users:
@@ -212,7 +250,7 @@ def driver_vars(site: Site, tuning: Tuning, images: ImageSet, files: dict[str, s
         "kit_site": site.name,
         "kit_url": site.url,
         "kit_public_host": urlparse(site.url or "").netloc,
-        "kit_config_dir": f"/etc/kit/{site.name}",
+        "kit_config_dir": host_config_dir(site),
         "kit_http_bind": site.http.bind,
         "kit_http_port": site.http.port,
         "kit_images": images.as_dict(),
@@ -222,7 +260,10 @@ def driver_vars(site: Site, tuning: Tuning, images: ImageSet, files: dict[str, s
             "moodledata": names.volume("moodledata"), "pgdata": names.volume("pgdata"),
             "redisdata": names.volume("redisdata"), "prefix": names.prefix, "oneoff": names.oneoff,
             "letsencrypt": names.volume("letsencrypt"),
+            "prometheus": names.prometheus, "alertmanager": names.alertmanager, "exporters": names.exporters,
+            "procs": names.procs, "metrics": names.volume("metrics"), "edgelogs": names.volume("edgelogs"),
         },
+        "kit_monitoring": monitoring_vars(site, tuning),
         "kit_web_replicas": tuning.web_replicas,
         "kit_workers": tuning.workers,
         "kit_adhoc_concurrency_limit": tuning.adhoc_concurrency_limit,
@@ -252,6 +293,40 @@ def driver_vars(site: Site, tuning: Tuning, images: ImageSet, files: dict[str, s
         "kit_signin_file": signin.SIGNIN_FILE,
         # Secret files the sign-in settings read (given with `kit auth`, never generated).
         "kit_signin_secrets": site.auth.secret_files(),
+    }
+
+
+def host_config_dir(site: Site) -> str:
+    """Where each machine keeps the site's rendered files and secrets."""
+    return f"/etc/kit/{site.name}"
+
+
+def monitoring_vars(site: Site, tuning: Tuning) -> dict[str, object]:
+    """What the monitoring role needs: where each exporter runs, its ports, what it measures."""
+    m = site.monitoring
+    if not m.enabled:
+        return {"enabled": False}
+    lay = monitoring.layout(site, tuning)
+    topo = topology_for(site, tuning)
+    hosts = site.target == "hosts"
+    return {
+        "enabled": True,
+        "config_dir": monitoring.CONFIG_DIR, "secrets_dir": monitoring.SECRETS_DIR, "disk_dir": monitoring.DISK_DIR,
+        "uid": monitoring.MONITOR_UID, "monitor_user": site.database.monitor_user,
+        "webhook_placeholder": monitoring.WEBHOOK_PLACEHOLDER,
+        "config_mounts": [{"type": "bind", "source": f"{host_config_dir(site)}/{name}",
+                           "target": f"{monitoring.CONFIG_DIR}/{name}", "read_only": True} for name in MONITORING_FILES],
+        "prometheus_publish": [f"127.0.0.1:{m.prometheus_port}:9090"],
+        "alertmanager_publish": [f"127.0.0.1:{m.alertmanager_port}:9093"],
+        "retention": {"time": f"{m.retention_days}d", "size": f"{m.retention_mb}MB"},
+        # host -> exporter arguments (kind=port=arg) and the volumes node-exporter measures.
+        "exporters": {h: [e.argv() for e in found] for h, found in lay.exporters.items()},
+        "exporter_publish": {h: [f"{topo.addresses[h]}:{e.port}:{e.port}" for e in found] if hosts else []
+                             for h, found in lay.exporters.items()},
+        "procs_publish": {h: [f"{topo.addresses[h]}:{monitoring.PORTS['process']}:{monitoring.PORTS['process']}"]
+                          if hosts else [] for h in lay.exporters},
+        "volumes": lay.volumes,
+        "redis_uri": next(e.arg for e in lay.exporters[topo.edge_host] if e.kind == "redis"),
     }
 
 

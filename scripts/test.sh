@@ -16,10 +16,18 @@ command -v openssl >/dev/null 2>&1 || test_pkgs+=(openssl)
 # The sign-in test's directory: Debian's OpenLDAP server and its client tools.
 command -v slapd >/dev/null 2>&1 || [ -x /usr/sbin/slapd ] || test_pkgs+=(slapd)
 command -v ldapadd >/dev/null 2>&1 || test_pkgs+=(ldap-utils)
+# The alert rules' checks (promtool, in Debian's prometheus package) and the incident page's
+# (a headless Chromium).
+command -v promtool >/dev/null 2>&1 || test_pkgs+=(prometheus)
+command -v chromium >/dev/null 2>&1 || test_pkgs+=(chromium)
 if [ "${#test_pkgs[@]}" -gt 0 ]; then
     echo "==> apt-get install ${test_pkgs[*]} (for the tests)"
     apt-get update -qq
+    # Packages must not start their own daemons here (a system Prometheus on :9090, slapd):
+    # the tests run their own.
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${test_pkgs[@]}" >/dev/null
+    rm -f /usr/sbin/policy-rc.d
     # The package starts a system slapd; the tests run their own, on their own ports.
     if [[ " ${test_pkgs[*]} " == *" slapd "* ]]; then service slapd stop >/dev/null 2>&1 || true; fi
 fi

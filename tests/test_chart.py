@@ -65,9 +65,15 @@ SIGNIN = {"ldap": {"url": "ldaps://dc.example.edu", "base_dns": ["ou=students,dc
 SITES["signin"] = {"target": "k8s", "users": 300, "url": "https://lms.example.edu",
                    "kubernetes": {"namespace": NAMESPACE, "release": RELEASE, "host": "lms.example.edu"},
                    "auth": SIGNIN}
+#: A cluster with the Prometheus operator: the chart adds exporters, ServiceMonitors, PrometheusRule.
+SITES["monitoring"] = {"target": "k8s", "users": 300, "url": "https://lms.example.edu",
+                       "kubernetes": {"namespace": NAMESPACE, "release": RELEASE, "host": "lms.example.edu",
+                                      "monitoring": True},
+                       "slo": {"p95_ms": 800}, "monitoring": {"queue_age_minutes": 15}}
 VALUE_SETS = ["defaults", *SITES]
 CRD_KINDS = {("postgresql.cnpg.io/v1", "Cluster"), ("postgresql.cnpg.io/v1", "Pooler"),
-             ("keda.sh/v1alpha1", "ScaledObject"), ("keda.sh/v1alpha1", "TriggerAuthentication")}
+             ("keda.sh/v1alpha1", "ScaledObject"), ("keda.sh/v1alpha1", "TriggerAuthentication"),
+             ("monitoring.coreos.com/v1", "PrometheusRule"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
 
 
 def site_and_plan(name: str):
@@ -221,6 +227,16 @@ def check_crd(obj: dict) -> None:
         refs = _need(obj, "spec.secretTargetRef")
         assert {r["parameter"] for r in refs} >= {"password"}
         assert all(r["name"] and r["key"] for r in refs)
+    elif kind == "PrometheusRule":
+        for group in _need(obj, "spec.groups"):
+            assert group["name"] and group["rules"]
+            for rule in group["rules"]:
+                assert set(rule) == {"alert", "expr", "for", "labels", "annotations"}
+                assert rule["annotations"]["runbook"].startswith("runbooks/")
+    elif kind == "ServiceMonitor":
+        assert _need(obj, "spec.selector.matchLabels")
+        for endpoint in _need(obj, "spec.endpoints"):
+            assert endpoint["port"] and endpoint["interval"]
     else:
         pytest.fail(f"no rules for {kind}")
 
@@ -254,8 +270,9 @@ def test_references_between_objects_resolve(name):
                 assert vol["configMap"]["name"] in by_kind["ConfigMap"], (where, vol)
             if "persistentVolumeClaim" in vol:
                 assert vol["persistentVolumeClaim"]["claimName"] in by_kind["PersistentVolumeClaim"], where
-            if "secret" in vol:
-                assert vol["secret"]["secretName"] == existing_secret
+            if "secret" in vol:   # the site's Secret, or the monitoring role's (CloudNativePG's basic-auth)
+                assert vol["secret"]["secretName"] in (existing_secret,
+                                                       values["database"]["cloudnativepg"]["monitorRole"]["secret"])
         for c in spec["containers"]:
             for e in c.get("env", []):
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
@@ -306,7 +323,8 @@ def test_cron_never_runs_in_web_pods(name):
     cron = one(objs, "Deployment", "cron")
     assert cron["spec"]["replicas"] == 1
     assert cron["spec"]["strategy"] == {"type": "Recreate"}
-    (runner,) = cron["spec"]["template"]["spec"]["containers"]
+    runner, *sidecars = cron["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in sidecars] == (["postgres-exporter"] if name == "monitoring" else [])
     assert "admin/cli/cron.php" in runner["command"] and any(a.startswith("--keep-alive=") for a in runner["command"])
     assert env_of(runner)["KIT_ROLE"]["value"] == "cron"
     (worker,) = one(objs, "Deployment", "worker")["spec"]["template"]["spec"]["containers"]
@@ -329,7 +347,7 @@ def test_rolling_updates_never_take_a_serving_pod_away(name):
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_web_pods_have_separate_liveness_readiness_and_startup_probes(name):
     web = one(rendered(name), "Deployment", "web")["spec"]["template"]["spec"]
-    containers = {c["name"]: c for c in web["containers"]}
+    containers = {c["name"]: c for c in web["containers"] if c["name"] != "nginx-exporter"}
     assert set(containers) == {"nginx", "php-fpm"}
     for c in containers.values():
         assert "livenessProbe" in c and "startupProbe" in c, c["name"]
@@ -682,3 +700,37 @@ def test_the_install_job_applies_the_same_signin_text_as_the_docker_targets():
     # The defaults sign in with Moodle's own accounts only.
     default_config = next(o for o in find(rendered("defaults"), "ConfigMap") if "signin.json" in o.get("data", {}))
     assert json.loads(default_config["data"]["signin.json"])["enabled"] == []
+
+
+# --- monitoring (mocked Kubernetes API: the objects are rendered by Helm's engine, not applied) -----
+
+def test_monitoring_renders_the_same_alert_rules_and_exporters_only_when_asked():
+    from kit.render import render_files
+
+    site, tuning = site_and_plan("monitoring")
+    objs = rendered("monitoring")
+    rule = one(objs, "PrometheusRule")
+    assert rule["spec"] == yaml.safe_load(render_files(site, tuning)["alerts.yml"])   # the same rules text
+    exprs = {r["alert"]: r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert exprs["LatencyOverSlo"].endswith("> 0.8") and exprs["AdhocQueueOld"].endswith("> 900")
+    web = one(objs, "Deployment", "web")["spec"]["template"]["spec"]
+    exporter = next(c for c in web["containers"] if c["name"] == "nginx-exporter")
+    assert exporter["image"] == "kit/monitor" or exporter["image"].startswith("kit/monitor")
+    assert "nginx=9113=http://127.0.0.1:8081/stub_status" in exporter["command"]
+    nginx = next(c for c in web["containers"] if c["name"] == "nginx")
+    assert {"name": "status", "containerPort": 8081, "protocol": "TCP"} in nginx["ports"]
+    cron = one(objs, "Deployment", "cron")["spec"]["template"]["spec"]
+    pg = next(c for c in cron["containers"] if c["name"] == "postgres-exporter")
+    assert any(m["mountPath"] == "/run/kit/monitor-secrets" for m in pg["volumeMounts"])
+    assert not any("env" in c and any("PASSWORD" in e["name"] and "value" in e for e in c["env"])
+                   for c in cron["containers"])     # the login is a mounted Secret, never a value
+    monitors = {o["metadata"]["name"]: o for o in find(objs, "ServiceMonitor")}
+    jobs = {r["replacement"] for m in monitors.values() for e in m["spec"]["endpoints"] for r in e["relabelings"]
+            if r.get("targetLabel") == "job"}
+    assert jobs == {"nginx", "fpm", "postgres"}     # the job names the rules read
+    config = next(o for o in find(objs, "ConfigMap") if o["metadata"]["name"].endswith("-config"))
+    assert config["data"]["pg-queries.yaml"] == render_files(site, tuning)["pg-queries.yaml"]
+    # Without kubernetes.monitoring: none of it (a cluster without the operator's CRDs installs).
+    plain = rendered("signin")
+    assert not find(plain, "PrometheusRule") and not find(plain, "ServiceMonitor")
+    assert all(c["name"] != "nginx-exporter" for c in one(plain, "Deployment", "web")["spec"]["template"]["spec"]["containers"])

@@ -45,7 +45,8 @@ def test_one_replica_per_web_machine_and_the_edge_proxies_to_their_addresses(tmp
     assert tuning.web_replicas == 2
     assert {n: r["upstream"] for n, r in topo.replicas.items()} == {"kit-hs-web-1": "10.0.0.11:8081",
                                                                     "kit-hs-web-2": "10.0.0.12:8081"}
-    assert topo.replicas["kit-hs-web-2"]["publish"] == ["10.0.0.12:8081:80"]
+    # its web port for the edge, and the status port (nginx, php-fpm) for the edge machine's Prometheus
+    assert topo.replicas["kit-hs-web-2"]["publish"] == ["10.0.0.12:8081:80", "10.0.0.12:8082:8081"]
     assert set(topo.workers.values()) <= {"app1", "app2"}
     # Moodle reaches Redis through its local TLS tunnel to the Redis machine.
     assert (topo.db_endpoint, topo.redis_endpoint, topo.redis_tunnel) == ("10.0.0.10", "127.0.0.1", "10.0.0.10:6379")

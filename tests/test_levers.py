@@ -76,7 +76,9 @@ def test_one_lever_on_stock_changes_only_its_own_files(site_dir, fake_moodle, le
     assert [name for name, on in tuning.levers.items() if on] == [lever]
     owners = {"db_persistent_connections": {"config.php", "postgresql.conf", "php.ini"}, "db_tls_local_off": {"postgresql.conf"},
               "redis_sessions": {"config.php"}, "redis_cache": {"config.php"}, "opcache_sized": {"php.ini"},
-              "realpath_cache": {"php.ini"}, "fpm_sized": {"fpm-pool.conf"},
+              "realpath_cache": {"php.ini"},
+              # more children per replica, fewer replicas: Prometheus scrapes those that run
+              "fpm_sized": {"fpm-pool.conf", "prometheus.yml"},
               "postgres_sized": {"postgresql.conf"}}
     changed = {name for name in stock if stock[name] != alone[name]}
     assert changed == owners[lever]

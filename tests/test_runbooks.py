@@ -33,6 +33,9 @@ def parse(line: str) -> None:
     parent, name = None, "kit"
     while isinstance(command, click.Group):
         ctx = click.Context(command, info_name=name, parent=parent)
+        if command.invoke_without_command and (not args or args[0].startswith("-")):
+            command.make_context(name, list(args), parent=parent)   # `kit alerts`, `kit alerts --json`
+            return
         if not args:
             raise click.UsageError("a command is missing", ctx)
         sub = command.get_command(ctx, args[0])

@@ -354,7 +354,8 @@ def test_the_port_check_fails_when_another_program_holds_a_port_the_edge_does_no
     try:
         site = parse_site({"name": "pc", "url": f"https://lms.example.edu:{https_port}",
                            "http": {"bind": "127.0.0.1", "port": http_port},
-                           "tls": {"mode": "self-signed", "port": https_port}}, site_dir=tmp_path)
+                           "tls": {"mode": "self-signed", "port": https_port},
+                           "monitoring": {"enabled": False}}, site_dir=tmp_path)
         me = identity.Identity.new()
         identity.save(site, me)
         target = LocalTarget(site)

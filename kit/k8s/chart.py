@@ -21,11 +21,11 @@ from kit.sizing import HostResources, Tuning, plan
 REFERENCE_SITE = {"name": "moodle", "target": "k8s", "users": 300, "url": "https://moodle.example.com",
                   "kubernetes": {"host": "moodle.example.com"}}
 REFERENCE_HOST = HostResources(cpus=4, memory_mb=16 * 1024)
-REFERENCE_IMAGES = ImageSet("-", "kit/moodle", "kit/moodle-web", "-", "kit/redis", "-")
+REFERENCE_IMAGES = ImageSet("-", "kit/moodle", "kit/moodle-web", "-", "kit/redis", "-", "kit/monitor")
 #: Chart files rendered from the kit's templates for the reference site.
 DEFAULT_FILES = {"configPhp": "config.php", "phpIni": "php.ini", "fpmPool": "fpm-pool.conf",
                  "nginx": "nginx.conf", "redis": "redis.conf", "signin": "signin.json",
-                 "ldapConf": "ldap.conf"}
+                 "ldapConf": "ldap.conf", "alertRules": "alerts.yml", "pgQueries": "pg-queries.yaml"}
 
 
 def reference() -> tuple[Site, Tuning]:
@@ -38,6 +38,7 @@ def reference_values() -> dict:
     site, tuning = reference()
     values = chart_values(site, tuning, REFERENCE_IMAGES)
     values["config"] = {key: "" for key in values["config"]}
+    values["metrics"].update(alertRules="", pgQueries="")
     values["auth"]["existingSecret"] = ""
     values["database"]["cloudnativepg"]["monitorRole"]["secret"] = ""   # made by `kit up`, named by the kit
     return values

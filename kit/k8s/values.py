@@ -98,6 +98,8 @@ def config_texts(site: Site, tuning: Tuning) -> dict[str, str]:
         "ldapCa": files["ldap-ca.crt"],
         "outboundCa": files["outbound-ca.crt"],
         "postgresql.conf": files["postgresql.conf"],
+        "alertRules": files["alerts.yml"],
+        "pgQueries": files["pg-queries.yaml"],
     }
 
 
@@ -294,6 +296,16 @@ def chart_values(site: Site, tuning: Tuning, images: ImageSet, moodle_version: s
                     "tlsSecret": k8s.tls_secret or "", "clusterIssuer": k8s.cert_manager_issuer or "",
                     "annotations": {}},
         "serviceAccount": {"create": True, "name": ""},
+        "metrics": {
+            "enabled": k8s.monitoring,
+            "image": split_image(images.monitor if images.monitor != "-" else "kit/monitor"),
+            "interval": f"{site.monitoring.scrape_interval_s}s",
+            "labels": {},
+            # The same rules text `kit up` gives Prometheus on local and hosts (alerts.yml).
+            "alertRules": texts["alertRules"],
+            "pgQueries": texts["pgQueries"],
+            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "200m", "memory": "96Mi"}},
+        },
     }
 
 

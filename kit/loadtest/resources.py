@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from kit.targets.docker import DockerTarget
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: Containers of the monitoring stack (kit.role labels of playbooks/roles/monitoring).
+MONITORING_ROLES = ("prometheus", "alertmanager", "exporters", "procs")
 
 
 def _cgroup_dir(container_id: str) -> tuple[Path, str] | None:
@@ -153,8 +155,12 @@ class SiteMeter:
                 role = after.roles.get(name, "?")
                 per_role[role] = per_role.get(role, 0) + value - before.cpu_ns[name]
         per_role["load_generator"] = after.load_generator_ns - before.load_generator_ns
+        # The monitoring stack watches the site; it is not what serves a request (its own row).
+        watching = {k: per_role.pop(k) for k in list(per_role) if k in MONITORING_ROLES}
         site_ns = sum(v for k, v in per_role.items() if k != "load_generator")
         per_role["site"] = site_ns
+        if watching:
+            per_role["monitoring"] = sum(watching.values())
         req = max(requests, 1)
         cpus = max(1, round((after.host_total_ns - before.host_total_ns) / (seconds * 1e9)))
         cost = LevelCost(

@@ -7,6 +7,8 @@ what to use instead, before anything changes.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from kit.db import Database, Queue
     from kit.doctor import Check
     from kit.identity import Found
+    from kit.monitoring import Monitor
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Target:
 
     def __init__(self, site: Site) -> None:
         self.site = site
+        self.monitoring_figures: dict[str, float | None] = {}
 
     def _no(self, command: str, instead: str) -> Unsupported:
         return Unsupported(f"`kit {command}` is not available on target {self.name}: {instead}")
@@ -176,6 +180,30 @@ class Target:
     def meter(self) -> Any:
         """A reader of what a load level costs (None where the containers run elsewhere)."""
         return None
+
+    @contextmanager
+    def monitor(self) -> Iterator[Monitor]:
+        """The site's Prometheus and Alertmanager, reachable from here for the command's length."""
+        raise self._no("alerts", "the chart renders a PrometheusRule for your cluster's Prometheus "
+                                 "(kubernetes.monitoring: true); read the alerts there")
+        yield  # pragma: no cover
+
+    def monitoring_status(self) -> list[tuple[str, str | None]]:
+        """`kit status`'s lines from Prometheus (req/s, p95, 5xx, DB connections, queue, cron,
+        alerts); a line saying why where it cannot be read. Nothing where monitoring is off."""
+        if not self.site.monitoring.enabled:
+            return [("  monitor  off (monitoring.enabled: false)", None)]
+        from kit.monitoring import status_lines
+
+        try:
+            with self.monitor() as monitor:
+                figures = monitor.figures()
+        except Unsupported:
+            return []
+        except KitError as exc:
+            return [(f"  monitor  {exc}", "yellow")]
+        self.monitoring_figures = figures
+        return status_lines(figures, self.site)
 
 
 def target_for(site: Site) -> Target:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -25,12 +27,11 @@ from kit.engine import Container, Engine
 from kit.errors import KitError, OperationFailed, UsageError
 from kit.identity import Found, Owner
 from kit.images import ImageSet
+from kit.monitoring import Monitor
 from kit.render import Names, names_for, render
 from kit.targets import Status, Target, certs
 from kit.targets.ansible import playbook
 
-QUEUE_AGE_WARN_S = 600      # Moodle's $CFG->adhoctaskagewarn default (10 min)
-CONNECTIONS_WARN = 0.8
 NOT_RUNTIME = ("install", "oneoff")
 
 
@@ -164,24 +165,46 @@ class DockerTarget(Target):
                if c.state != "running" or c.health not in ("healthy", "none")]
         checks = [Check("replicas", not bad, "all containers running and healthy" if not bad
                         else "not healthy: " + ", ".join(bad) + " (see `kit logs`, then `kit up`)")]
+        m = self.site.monitoring
+        connections_warn, queue_age_warn_s = m.db_connections_percent / 100, m.queue_age_minutes * 60
         try:
             figures = db.connections(self.monitor_db())
             ratio = figures.used / figures.limit
-            checks.append(Check("db-conn", ratio < CONNECTIONS_WARN,
+            checks.append(Check("db-conn", ratio < connections_warn,
                                 f"{figures.used} of {figures.limit} connections in use ({ratio:.0%})"
-                                + ("" if ratio < CONNECTIONS_WARN else ": see runbooks/db-connections.md")))
+                                + ("" if ratio < connections_warn else ": see runbooks/db-connections.md")))
             checks.append(Check("db-size", True, f"database is {figures.size_mb} MB"))
             queue = db.queue(self.monitor_db())
         except KitError as exc:
             checks.append(Check("db-conn", False, f"cannot query PostgreSQL: {exc}"))
             return checks
         if queue:
-            ok = queue.oldest_age_s <= QUEUE_AGE_WARN_S and queue.failing == 0
+            ok = queue.oldest_age_s <= queue_age_warn_s and queue.failing == 0
             checks.append(Check("queue", ok, f"{queue.queued} adhoc tasks queued ({queue.due} due), "
-                                             f"oldest overdue {queue.oldest_age_s}s (Moodle warns after "
-                                             f"{QUEUE_AGE_WARN_S}s), {queue.failing} failing"
+                                             f"oldest overdue {queue.oldest_age_s}s (the alert fires after "
+                                             f"{queue_age_warn_s}s), {queue.failing} failing"
                                 + ("" if ok else ": see runbooks/queue-backlog.md")))
-        return checks + ([served] if served else []) + [self.security_check()]
+        return checks + ([served] if served else []) + self.monitoring_checks() + [self.security_check()]
+
+    def monitoring_checks(self) -> list[Check]:
+        """The monitoring stack answers, every scrape target is up, and its disk (counted
+        against monitoring.retention_mb)."""
+        m = self.site.monitoring
+        if not m.enabled:
+            return [Check("monitor", True, "monitoring is off (monitoring.enabled: false): nobody is told when "
+                                           "the site breaks")]
+        try:
+            with self.monitor() as monitor:
+                down = monitor.targets_down()
+                used = monitor.query("sum(prometheus_tsdb_storage_blocks_bytes) + sum(prometheus_tsdb_wal_storage_size_bytes)"
+                                     " + sum(prometheus_tsdb_head_chunks_storage_size_bytes)")
+                firing = monitor.query('count(ALERTS{alertstate="firing"}) or vector(0)') or 0
+        except KitError as exc:
+            return [Check("monitor", False, f"{exc}")]
+        disk = f"metrics use {(used or 0) / 1e6:.0f} MB of at most {m.retention_mb} MB ({m.retention_days} days)"
+        if down:
+            return [Check("monitor", False, "scrape targets not answering: " + ", ".join(down) + f"; {disk}")]
+        return [Check("monitor", True, f"every exporter answers, {firing:.0f} alerts firing (`kit alerts`); {disk}")]
 
     def security_check(self) -> Check:
         """Moodle's own security checks (kit/security.py): FAIL on an error or a critical finding."""
@@ -191,6 +214,20 @@ class DockerTarget(Target):
         except ValueError as exc:
             return Check("security", False, f"Moodle's security checks did not run (php exited {code}): {exc}")
         return security.verdict(found)
+
+    # --- monitoring -------------------------------------------------------------------------------
+    def monitoring_base(self) -> tuple[str, str]:
+        """Prometheus's and Alertmanager's URLs as this machine reaches them (127.0.0.1 only)."""
+        m = self.site.monitoring
+        return f"http://127.0.0.1:{m.prometheus_port}", f"http://127.0.0.1:{m.alertmanager_port}"
+
+    @contextmanager
+    def monitor(self) -> Iterator[Monitor]:
+        if not self.site.monitoring.enabled:
+            raise KitError("monitoring is off for this site (monitoring.enabled: false in site.yaml); "
+                           "turn it on and run `kit up`")
+        prometheus, alertmanager = self.monitoring_base()
+        yield Monitor(prometheus, alertmanager)
 
     # --- status ---------------------------------------------------------------------------------
     def status(self) -> Status:
@@ -230,8 +267,11 @@ class DockerTarget(Target):
         rows = [c.as_dict() for c in containers]
         lines: list[tuple[str, str | None]] = [(f"  {c['role']:9} {c['name']:28} {c['state']:8} {c['health']:9} {c['image']}"
                   + (f"  on {c['machine']}" if "machine" in c else ""), None) for c in rows]
+        lines_monitor = self.monitoring_status() if containers else []
         return Status(url=self.site.url or "", ready=ready, reason="serving" if ready else "; ".join(problems),
-                      http=http_msg, containers=rows, queue=queue, moodle_release=release, lines=lines_tls + lines)
+                      http=http_msg, containers=rows, queue=queue, moodle_release=release,
+                      details={"monitoring": self.monitoring_figures} if self.monitoring_figures else {},
+                      lines=lines_tls + lines_monitor + lines)
 
     def wait_ready(self, timeout_s: float = 180, interval_s: float = 2) -> tuple[bool, str]:
         """Until the site is what `kit status` calls ready: every container running and healthy
@@ -359,7 +399,7 @@ class DockerTarget(Target):
     def dry_run(self) -> None:
         load_secrets(self.site)
         wanted = kit_images.image_set(self.site)
-        missing = [tag for tag in wanted.as_dict().values() if not self.builder.image_exists(tag)]
+        missing = [tag for tag in wanted.as_dict().values() if tag != "-" and not self.builder.image_exists(tag)]
         out = self.render(wanted)
         click.echo(f"rendered {out} (read it to see every setting that would be applied)")
         if missing:

@@ -8,6 +8,8 @@ here to the machines that lack them (`docker save | ssh docker load`).
 from __future__ import annotations
 
 import atexit
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 
 import click
@@ -20,6 +22,7 @@ from kit.engine import Engine
 from kit.errors import KitError, Unsupported
 from kit.identity import Owner
 from kit.images import ImageSet
+from kit.monitoring import Monitor
 from kit.render import topology_for
 from kit.runner import Tunnel, capture, pipe
 from kit.targets import certs
@@ -123,11 +126,27 @@ class HostsTarget(DockerTarget):
             render(self.site, self.tuning, ImageSet.placeholder())
             self.ansible("docker.yml", extra={"docker_engine_install": True})
 
+    # --- monitoring -------------------------------------------------------------------------------
+    @contextmanager
+    def monitor(self) -> Iterator[Monitor]:
+        """Prometheus and Alertmanager listen on the edge machine's 127.0.0.1: reach them
+        through SSH forwards for the command's length."""
+        if not self.site.monitoring.enabled:
+            raise KitError("monitoring is off for this site (monitoring.enabled: false in site.yaml); "
+                           "turn it on and run `kit up`")
+        edge = self.site.hosts.with_role("edge")[0]
+        m = self.site.monitoring
+        with Tunnel(self.ssh(edge), f"127.0.0.1:{m.prometheus_port}", local_port=_free_port()) as prom, \
+                Tunnel(self.ssh(edge), f"127.0.0.1:{m.alertmanager_port}", local_port=_free_port()) as am:
+            yield Monitor(f"http://127.0.0.1:{prom.local}", f"http://127.0.0.1:{am.local}")
+
     # --- images -----------------------------------------------------------------------------------
     def images_needed(self, machine: Machine, images: ImageSet) -> list[str]:
         wanted = images.as_dict()
-        keys = sorted({key for role in machine.roles for key in IMAGES_FOR_ROLE[role]})
-        return [wanted[key] for key in keys]
+        keys = {key for role in machine.roles for key in IMAGES_FOR_ROLE[role]}
+        if wanted["monitor"] != "-":
+            keys.add("monitor")      # every machine runs exporters
+        return [wanted[key] for key in sorted(keys)]
 
     def ship_images(self, images: ImageSet) -> None:
         """Copy the images each machine needs and lacks: re-tag one already there under
@@ -157,3 +176,11 @@ class HostsTarget(DockerTarget):
             raise Unsupported("on target hosts each machine with role web runs one replica: add or remove machines "
                               "in site.yaml (hosts.machines), then `kit up`")
         super().check_scale(web=web, workers=workers)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

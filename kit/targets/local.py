@@ -68,36 +68,47 @@ class LocalTarget(DockerTarget):
         return SiteMeter(self)
 
     # --- preflight --------------------------------------------------------------------------
-    def port_check(self) -> Check:
-        """The edge's ports are free, or this site's edge already has them."""
+    def port_check(self, *, monitoring: bool = True) -> Check:
+        """The edge's (and monitoring's) ports are free, or this site's own containers have them."""
         bind = self.site.http.bind
-        ports = [self.site.http.port] + ([self.site.tls.port] if self.site.tls.at_edge else [])
+        m = self.site.monitoring
+        # (address, port, the container of this site that would hold it, the setting that moves it)
+        wanted = [(bind, self.site.http.port, self.names.edge, "http.port")]
+        if self.site.tls.at_edge:
+            wanted.append((bind, self.site.tls.port, self.names.edge, "tls.port"))
+        if m.enabled and monitoring:
+            wanted += [("127.0.0.1", m.prometheus_port, self.names.prometheus, "monitoring.prometheus_port"),
+                       ("127.0.0.1", m.alertmanager_port, self.names.alertmanager, "monitoring.alertmanager_port")]
         busy = []
-        for port in ports:
-            family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+        for address, port, holder, setting in wanted:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
             with socket.socket(family, socket.SOCK_STREAM) as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
-                    sock.bind((bind, port))
+                    sock.bind((address, port))
                 except OSError as exc:
                     if exc.errno != errno.EADDRINUSE:
-                        return Check("port", False, f"cannot listen on {bind}:{port} ({exc.strerror}): set "
-                                                    "http.bind/http.port/tls.port")
-                    busy.append(port)
-        shown = ", ".join(f"{bind}:{p}" for p in ports)
+                        return Check("port", False, f"cannot listen on {address}:{port} ({exc.strerror}): set "
+                                                    f"{setting}")
+                    busy.append((address, port, holder, setting))
+        shown = ", ".join(f"{a}:{p}" for a, p, _, _ in wanted)
         if not busy:
             return Check("port", True, f"{shown} free")
         me = identity.load(self.site)
-        edge = self.engine.container(self.names.edge)
-        if (edge is not None and me is not None and edge.state == "running"
-                and edge.labels.get("kit.site") == self.site.name and edge.site_id == me.id):
-            held = {int(b["HostPort"]) for bindings in (edge.ports or {}).values() for b in (bindings or [])
-                    if b.get("HostPort")}
-            busy = [p for p in busy if p not in held]    # e.g. the edge has :80, another program :443
-            if not busy:
-                return Check("port", True, f"{shown} served by this site's edge proxy")
-        return Check("port", False, f"port {bind}:{busy[0]} is already in use by another program or site: free "
-                                    "it, or set http.port (or tls.port) in site.yaml")
+        mine = []
+        for entry in busy:   # held by this site's own container: not in use by another
+            held = self.engine.container(entry[2])
+            if (held is not None and me is not None and held.state == "running"
+                    and held.labels.get("kit.site") == self.site.name and held.site_id == me.id
+                    and entry[1] in {int(b["HostPort"]) for bindings in (held.ports or {}).values()
+                                     for b in (bindings or []) if b.get("HostPort")}):
+                mine.append(entry)
+        busy = [b for b in busy if b not in mine]
+        if not busy:
+            return Check("port", True, f"{shown} served by this site's own containers")
+        address, port, _, setting = busy[0]
+        return Check("port", False, f"port {address}:{port} is already in use by another program or site: free "
+                                    f"it, or set {setting} in site.yaml")
 
     def name_in_use(self, *, port: bool = True) -> str | None:
         try:
@@ -109,7 +120,7 @@ class LocalTarget(DockerTarget):
             where = f" (managed from {owner.where()})" if owner else ""
             return (f"site name {self.site.name!r} is already in use on this host{where}: {found[0].objects[0]} "
                     "exists; choose another with --name")
-        if port and not (busy := self.port_check()).ok:
+        if port and not (busy := self.port_check(monitoring=False)).ok:
             return f"{busy.message.split(': ')[0]}: choose another with --port"
         return None
 

@@ -141,8 +141,53 @@ def acme():
         yield server, http_port, tls_port
 
 
+class Webhook:
+    """An HTTP server on Docker's bridge that keeps what Alertmanager's webhook receiver posts."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.posts: list[dict] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                hook.posts.append(json.loads(body or b"{}"))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((bridge_address(), 0), Handler)
+        self.url = f"http://{bridge_address()}:{self.server.server_address[1]}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def alerts(self, name: str, status: str = "firing", since: int = 0) -> list[dict]:
+        """Alerts of that name the receiver was sent with that status (in posts from `since` on)."""
+        return [a for post in list(self.posts)[since:] for a in post.get("alerts", [])
+                if a["labels"].get("alertname") == name and a.get("status") == status]
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
 @pytest.fixture(scope="session")
-def site_dir(tmp_path_factory, acme):
+def webhook():
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+#: The shared site's monitoring, with test durations (site.yaml's monitoring section): alerts
+#: fire after 10 s instead of minutes, and its SLO is the one the alerts and `kit loadtest` share.
+E2E_MONITORING = {"scrape_interval_s": 5, "alert_for_s": 10, "cron_stale_minutes": 1, "queue_age_minutes": 1}
+E2E_SLO = {"p95_ms": 300}
+
+
+@pytest.fixture(scope="session")
+def site_dir(tmp_path_factory, acme, webhook):
     reuse = os.environ.get("KIT_E2E_REUSE")
     if reuse:       # debugging: a site an earlier KIT_E2E_KEEP run left up, pointed at this pebble
         import yaml
@@ -151,6 +196,8 @@ def site_dir(tmp_path_factory, acme):
         data = yaml.safe_load((folder / "site.yaml").read_text())
         data["tls"].update({"acme_directory": acme[0].directory, "acme_ca_bundle": str(acme[0].ca_file)})
         (folder / "site.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        assert kit("alerts", "webhook", "--url-stdin", cwd=folder, stdin=webhook.url + "\n").returncode == 0
+        assert kit("up", cwd=folder).returncode == 0
         bundle = folder / "pebble-roots.pem"
         bundle.write_bytes(bundle.read_bytes() + acme[0].roots_pem())
         os.environ["REQUESTS_CA_BUNDLE"] = str(bundle)
@@ -169,6 +216,15 @@ def site_dir(tmp_path_factory, acme):
                  "--https-port", str(tls_port), "--acme-email", "ops@kit.test", "--acme-directory", server.directory,
                  "--acme-ca-bundle", str(server.ca_file), "--base-image", OFFLINE_BASE_TAG, cwd=folder)
     assert result.returncode == 0, result.stderr
+    import yaml
+
+    data = yaml.safe_load((folder / "site.yaml").read_text())
+    # Ports of its own: the unit tests' sites (run in the same session) keep the defaults free.
+    data["monitoring"] = {**data.get("monitoring", {}), **E2E_MONITORING,
+                          "prometheus_port": free_port(), "alertmanager_port": free_port()}
+    data["slo"] = E2E_SLO
+    (folder / "site.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    assert kit("alerts", "webhook", "--url-stdin", cwd=folder, stdin=webhook.url + "\n").returncode == 0
     cold = not any(subprocess.run(["docker", "image", "ls", "-q", "kit/php"], capture_output=True,
                                   text=True).stdout.split())
     started = time.monotonic()

@@ -73,13 +73,13 @@ def test_doctor_in_another_folder_is_not_fooled(site_dir, intruder):
     assert result.returncode == 3
     assert "FAIL owner" in result.stderr and "belongs to another folder" in result.stderr
     assert str(site_dir) in result.stderr
-    assert "served by this site's edge proxy" not in result.stdout + result.stderr
+    assert "served by this site's own containers" not in result.stdout + result.stderr
     # The running site's figures are not reported as this folder's.
     assert "connections in use" not in result.stdout + result.stderr
     assert "adhoc tasks queued" not in result.stdout + result.stderr
     mine = kit("doctor", cwd=site_dir)
     assert mine.returncode == 0, mine.stdout + mine.stderr
-    assert "served by this site's edge proxy" in mine.stdout and "connections in use" in mine.stdout
+    assert "served by this site's own containers" in mine.stdout and "connections in use" in mine.stdout
 
 
 def test_commands_from_the_wrong_folder_change_nothing(site_dir, intruder):

@@ -113,6 +113,36 @@ annotations:
 {{- default (.Files.Get "files/redis.conf") .Values.config.redis -}}
 {{- end -}}
 
+{{- define "moodle.alertRules" -}}
+{{- default (.Files.Get "files/alerts.yml") .Values.metrics.alertRules -}}
+{{- end -}}
+{{- define "moodle.pgQueries" -}}
+{{- default (.Files.Get "files/pg-queries.yaml") .Values.metrics.pgQueries -}}
+{{- end -}}
+{{/* The monitoring sidecar: Debian's exporters from the kit's monitor image, one per pod. */}}
+{{- define "moodle.exporterSidecar" -}}
+- name: {{ .name }}
+  image: {{ include "moodle.image" (dict "ctx" .ctx "image" .ctx.Values.metrics.image) }}
+  imagePullPolicy: {{ .ctx.Values.images.pullPolicy }}
+  command: ["/usr/bin/tini", "--", "/opt/kit/exporters.sh", {{ .spec | quote }}]
+  {{- with .env }}
+  env:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  ports:
+    - name: metrics
+      containerPort: {{ .port }}
+      protocol: TCP
+  securityContext:
+    {{- include "moodle.containerSecurityContext" .ctx | nindent 4 }}
+  resources:
+    {{- toYaml .ctx.Values.metrics.resources | nindent 4 }}
+  {{- with .mounts }}
+  volumeMounts:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
+
 {{/* Pods roll when what they read changes (the same grouping as the kit's CONFIG_FILES). */}}
 {{- define "moodle.checksum.web" -}}
 {{- list (include "moodle.configPhp" .) (include "moodle.phpIni" .) (include "moodle.fpmPool" .) (include "moodle.nginxConf" .) (include "moodle.ldapConf" .) .Values.config.ldapCa .Values.config.outboundCa | join "\n--\n" | sha256sum -}}

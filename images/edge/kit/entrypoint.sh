@@ -17,4 +17,16 @@ if [ "${KIT_TLS_MODE:-off}" = acme ]; then
         done
     ) &
 fi
+# The metrics log mtail reads (monitoring): kept under 2 x 20 MB. mtail follows the rename.
+if [ -d /var/log/kit ]; then
+    (
+        while :; do
+            sleep 60
+            log=/var/log/kit/edge-metrics.log
+            if [ -f "$log" ] && [ "$(stat -c %s "$log")" -gt 20971520 ]; then
+                mv -f "$log" "$log.1" && nginx -c /etc/nginx/kit/nginx.conf -s reopen || true
+            fi
+        done
+    ) &
+fi
 exec nginx -c /etc/nginx/kit/nginx.conf -g 'daemon off;'
