@@ -4,27 +4,20 @@ read from stdin)."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any
 
 import click
 
-from kit import config, identity, monitoring
-from kit.cli_auth import _secret_from_stdin, save_section
+from kit import config, monitoring
+from kit.cli_auth import SITE_OPTION, _secret_from_stdin, save_section
+from kit.cli_auth import _owned as _owned_site
 from kit.errors import EXIT_FAILED, UsageError
-from kit.targets import Target, target_for
-
-SITE_OPTION = click.option("--site", "site_path", default=lambda: os.environ.get("KIT_SITE", config.DEFAULT_SITE_FILE),
-                           show_default="site.yaml or $KIT_SITE", type=click.Path(dir_okay=False),
-                           help="The site config file.")
+from kit.targets import Target
 
 
 def _owned(site_path: str, command: str) -> Target:
-    target = target_for(config.load_site(site_path))
-    target.refuse_early(command)
-    identity.check(target.site, target.found(), command=command)
-    return target
+    return _owned_site(config.load_site(site_path), command)
 
 
 @click.group(name="alerts", invoke_without_command=True)

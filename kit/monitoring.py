@@ -10,7 +10,6 @@ directly. Nothing listens beyond the site's network and 127.0.0.1.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -192,10 +191,15 @@ def _redis_uri(site: Site, tuning: Tuning) -> str:
     return f"redis://{names_for(site, tuning).redis}:6379"
 
 
-def free_ports(first: int = 9090, second: int = 9093, tries: int = 20) -> tuple[int, int]:
-    """Prometheus's and Alertmanager's loopback ports for a new site: the defaults, or the
-    first pair 10 apart that no other site or program holds."""
+def free_ports(tries: int = 20) -> tuple[int, int]:
+    """Prometheus's and Alertmanager's loopback ports for a new site: the model's defaults, or
+    the first pair 10 apart that no other site or program holds."""
     import socket
+
+    from kit.config import MonitoringSettings
+
+    first = MonitoringSettings.model_fields["prometheus_port"].default
+    second = MonitoringSettings.model_fields["alertmanager_port"].default
 
     def free(port: int) -> bool:
         with socket.socket() as sock:
@@ -207,10 +211,10 @@ def free_ports(first: int = 9090, second: int = 9093, tries: int = 20) -> tuple[
             return True
 
     for i in range(tries):
-        pair = (first + 10 * i, second + 10 * i)
+        pair = (int(first) + 10 * i, int(second) + 10 * i)
         if free(pair[0]) and free(pair[1]):
             return pair
-    return first, second     # `kit up`'s port check names what holds them
+    return int(first), int(second)     # `kit up`'s port check names what holds them
 
 
 def alert_for(site: Site, default: str) -> str:
@@ -337,16 +341,6 @@ def alerts(monitor: Monitor) -> list[Alert]:
                            notes.get("runbook", ""), notes.get("first_command", ""), labels))
     order = {"firing": 0, "pending": 1}
     return sorted(found, key=lambda a: (order.get(a.state, 2), a.name))
-
-
-def wait_for(predicate: Any, timeout_s: float, interval_s: float = 2) -> Any:
-    """Poll until predicate() is truthy (bounded); returns its last value."""
-    deadline = time.monotonic() + timeout_s
-    value = predicate()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval_s)
-        value = predicate()
-    return value
 
 
 def render_prometheus(site: Site, tuning: Tuning) -> str:
