@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import click
 
-from kit import __version__, config, doctor, identity, images, sizing
+from kit import __version__, capacity, config, doctor, identity, images, sizing
 from kit.errors import EXIT_BUG, EXIT_FAILED, EXIT_USAGE, KitError, UsageError
 from kit.targets import Target, target_for
 
@@ -52,7 +52,8 @@ def _target(site_path: str, command: str, *, owned: bool = True,
 def _print_checks(checks: list[doctor.Check], *, fail_to_stderr: bool) -> bool:
     all_ok = True
     for check in checks:
-        mark = click.style("ok  ", fg="green") if check.ok else click.style("FAIL", fg="red")
+        mark = (click.style("FAIL", fg="red") if not check.ok else
+                click.style("warn", fg="yellow") if check.warn else click.style("ok  ", fg="green"))
         click.echo(f"  {mark} {check.name:8} {check.message}", err=fail_to_stderr and not check.ok)
         all_ok &= check.ok
     return all_ok
@@ -237,13 +238,22 @@ def plan(users: int | None, report: str | None, machine_cpus: int | None, as_jso
     if machine_cpus is not None:
         raise UsageError("--machine-cpus: only with --from-report")
     tuning = sizing.plan(site)
+    held = capacity.estimate(site, tuning)
     if as_json:
-        click.echo(json.dumps(tuning.as_dict(), indent=2, sort_keys=True))
+        click.echo(json.dumps({**tuning.as_dict(), "capacity": held.as_dict()}, indent=2, sort_keys=True))
         return
     click.echo(f"Plan for {site.users} concurrent users on {tuning.host.cpus} CPUs, {tuning.host.memory_mb} MB RAM")
     width = max(len(k) for k, _, _ in tuning.rows())
     for key, value, reason in tuning.rows():
         click.echo(f"  {key:<{width}}  {value:>8}  {click.style(reason, dim=True)}")
+    _print_capacity(held)
+
+
+def _print_capacity(held: capacity.Capacity) -> None:
+    if held.short:
+        click.secho(f"warning: capacity: {held.line()}", fg="yellow", err=True)
+    else:
+        click.echo(f"capacity: {held.line()}")
 
 
 def _plan_from_report(site: config.Site, report: str, machine_cpus: int | None, as_json: bool) -> None:
@@ -253,8 +263,9 @@ def _plan_from_report(site: config.Site, report: str, machine_cpus: int | None, 
     host = sizing.HostResources.for_site(site)
     result = measured.plan_for(figures, site.users, host.cpus, host.memory_mb,
                                machine_cpus or measured.HOSTS_MACHINE_CPUS)
+    held = capacity.estimate(site, sizing.plan(site), report)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(json.dumps({**result, "capacity": held.as_dict()}, indent=2))
         return
     costs = result["costs_ms_per_request"]
     click.echo(f"Plan for {site.users} concurrent users from {figures.source}")
@@ -269,6 +280,7 @@ def _plan_from_report(site: config.Site, report: str, machine_cpus: int | None, 
         width = max(len(what) for what, _, _ in lines)
         for what, value, why in lines:
             click.echo(f"  {what:<{width}}  {value:>12}  {click.style(why, dim=True)}")
+    _print_capacity(held)
 
 
 @cli.command()

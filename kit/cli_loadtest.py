@@ -218,8 +218,7 @@ def run_cmd(users: int, spawn_rate: float, duration: str, shape: str, peak: int,
     if server is not None:
         click.echo("server side (edge, Prometheus): "
                    + (f"p95 {server['p95_ms']:.0f}ms" if server["p95_ms"] is not None else "p95 -")
-                   + f", {server['requests'] or 0:.0f} requests ({server['pages'] or 0:.0f} not redirects; "
-                     "locust counts a request with the redirects it follows as one)"
+                   + f", {server['requests'] or 0:.0f} requests"
                    + f", {server['errors_5xx'] or 0:.0f} 5xx")
         summary["server_side"] = server
     summary_file.write_text(json.dumps(summary, indent=2) + "\n")

@@ -26,6 +26,7 @@ class Check:
     name: str
     ok: bool
     message: str
+    warn: bool = False     # ok, but worth a person's look (printed "warn"; refuses nothing)
 
 
 def is_debian_like() -> bool:
@@ -69,6 +70,18 @@ def check_memory(site: Site, tuning: Tuning) -> Check:
         return Check("memory", False, f"the plan needs ~{need_mb} MB but the host has {have_mb} MB: "
                                       "lower `users` or set host.memory_gb to the real size")
     return Check("memory", True, f"plan needs ~{need_mb} MB of {have_mb} MB")
+
+
+def check_capacity(target: Target) -> Check:
+    """Whether the planned site holds site.yaml's users at its SLO (a warning, never a refusal:
+    ops may open a site knowingly short, and the figure is often assumed)."""
+    from kit import capacity
+
+    try:
+        found = capacity.estimate(target.site, target.tuning)
+    except KitError as exc:
+        return Check("capacity", True, f"not estimated: {exc}", warn=True)
+    return Check("capacity", True, found.line(), warn=found.short)
 
 
 def check_moodle_source(site: Site) -> Check:
@@ -133,6 +146,7 @@ def preflight(target: Target) -> list[Check]:
     except KitError as exc:
         own = [Check("target", False, str(exc))]
     checks += own
+    checks.append(check_capacity(target))
     unreachable = {"docker", "helm", "cluster", "target"}
     if not any(c.name in unreachable for c in own if not c.ok):   # it needs the engine or cluster
         checks.insert(0, check_owner(target))

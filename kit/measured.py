@@ -122,7 +122,7 @@ class TargetPlan:
 
 
 def plan_for(measured: Measured, users: int, host_cpus: int, host_memory_mb: int,
-             machine_cpus: int = HOSTS_MACHINE_CPUS) -> dict:
+             machine_cpus: int = HOSTS_MACHINE_CPUS, slo_ms: float = SLO_P95_MS) -> dict:
     """Cores, memory, replicas and workers for `users` on each target, from measured costs."""
     m = measured
     # A real site has no load generator beside it; the host overhead (dockerd, kernel) scales with requests.
@@ -132,10 +132,10 @@ def plan_for(measured: Measured, users: int, host_cpus: int, host_memory_mb: int
     db_ms = m.tier_ms.get("db", 0.0)
     rest_ms = max(site_ms - web_ms - db_ms, 0.0)
     rps = users * m.rate_per_user
-    rho = m.rho_at_slo(host_cpus)
+    rho = m.rho_at_slo(host_cpus, slo_ms)
     cores_one_host = rps * site_ms / 1000.0 / max(rho, 0.05)
     if cores_one_host > host_cpus:   # a bigger host queues less at the same utilisation
-        rho = m.rho_at_slo(math.ceil(cores_one_host))
+        rho = m.rho_at_slo(math.ceil(cores_one_host), slo_ms)
         cores_one_host = rps * site_ms / 1000.0 / max(rho, 0.05)
     busy_children = rps * m.light_avg_ms / 1000.0 * _delay(rho, max(host_cpus, math.ceil(cores_one_host))) \
         / _delay(m.light_rho, m.cpus)
@@ -143,12 +143,12 @@ def plan_for(measured: Measured, users: int, host_cpus: int, host_memory_mb: int
     php_mb = math.ceil(children * PHP_PEAK_MB)
     workers = max(2, math.ceil(users / USERS_PER_WORKER))
 
-    rho_machine = m.rho_at_slo(machine_cpus)
+    rho_machine = m.rho_at_slo(machine_cpus, slo_ms)
     web_cores = rps * web_ms / 1000.0 / max(rho_machine, 0.05)
     db_cores = rps * db_ms / 1000.0 / max(rho_machine, 0.05)
     rest_cores = rps * rest_ms / 1000.0 / max(rho_machine, 0.05)
     web_machines = max(2, math.ceil(web_cores / machine_cpus))
-    pod_rho = m.rho_at_slo(max(1, int(K8S_POD_CPUS)))
+    pod_rho = m.rho_at_slo(max(1, int(K8S_POD_CPUS)), slo_ms)
     web_pods = max(2, math.ceil(rps * web_ms / 1000.0 / max(pod_rho, 0.05) / K8S_POD_CPUS))
 
     rate_line = (f"{rps:.1f} req/s", f"measured: {m.rate_per_user:.3f} req/s per user at {m.light_users} users "
@@ -158,14 +158,17 @@ def plan_for(measured: Measured, users: int, host_cpus: int, host_memory_mb: int
         "request_rate": round(rps, 2),
         "predicted_users_at_slo": m.users_at_slo(m.cpus, m.host_ms),
         "measured_users_at_slo": m.measured_users_at_slo,
-        "this_host_holds": m.users_at_slo(host_cpus, site_ms),
+        "this_host_holds": m.users_at_slo(host_cpus, site_ms, slo_ms),
+        # What `users` takes on each target (kit.capacity compares them with the plan).
+        "needs": {"local_cores": round(cores_one_host, 2), "hosts_web_machines": web_machines,
+                  "hosts_machine_cpus": machine_cpus, "k8s_web_pods": web_pods, "k8s_pod_cpus": K8S_POD_CPUS},
         "costs_ms_per_request": {"site": round(site_ms, 1), "web": round(web_ms, 1), "db": round(db_ms, 1),
                                  "other": round(rest_ms, 1), "load_generator": round(m.load_generator_ms, 1)},
         "targets": {
             "local": [
                 ("request rate", *rate_line),
                 ("CPU cores", f"{cores_one_host:.1f}",
-                 f"measured {site_ms:.1f} ms CPU per request; modelled: p95 <= 1 s up to {rho:.0%} busy "
+                 f"measured {site_ms:.1f} ms CPU per request; modelled: p95 <= {slo_ms:.0f} ms up to {rho:.0%} busy "
                  f"(this host has {host_cpus}" + ("" if cores_one_host <= host_cpus else
                                                   ": too few, use target hosts or k8s") + ")"),
                 ("php-fpm children", str(children),
@@ -193,7 +196,7 @@ def plan_for(measured: Measured, users: int, host_cpus: int, host_memory_mb: int
             "k8s": [
                 ("request rate", *rate_line),
                 ("web pods", str(web_pods), f"measured {web_ms:.1f} ms per request; assumed {K8S_POD_CPUS:g} CPU "
-                                            f"per pod, p95 <= 1 s up to {pod_rho:.0%} busy"),
+                                            f"per pod, p95 <= {slo_ms:.0f} ms up to {pod_rho:.0%} busy"),
                 ("PostgreSQL CPU", f"{max(1.0, db_cores):.1f}", f"measured {db_ms:.1f} ms per request"),
                 ("workers (minimum)", str(workers), "assumed (see local)"),
             ],

@@ -228,7 +228,7 @@ def alert_for(site: Site, default: str) -> str:
 #: What `kit status` shows, as PromQL (each a single number).
 STATUS_QUERIES = {
     "req_per_s": "sum(rate(kit_edge_requests_total[1m]))",
-    # Answers that are not redirects: what a load generator that follows redirects counts.
+    # Answers that are not redirects: pages as a person counts them (a login: POST, 303, GET).
     "pages_per_s": "sum(rate(kit_edge_requests_total{status!~\"3..\"}[1m]))",
     "p95_ms": "1000 * histogram_quantile(0.95, sum by (le) (rate(kit_edge_request_seconds_bucket[1m])))",
     "errors_5xx_percent": "100 * (sum(rate(kit_edge_requests_total{status=~\"5..\"}[5m])) or vector(0))"

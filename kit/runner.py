@@ -63,14 +63,24 @@ def run(
         assert proc.stdin is not None
         proc.stdin.write(input_bytes)
         proc.stdin.close()
-    if tee is not None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            tee.append(str(line).rstrip("\n"))
-            if not quiet:
-                sys.stdout.write(str(line))
-                sys.stdout.flush()
-    code = proc.wait()
+    try:
+        if tee is not None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                tee.append(str(line).rstrip("\n"))
+                if not quiet:
+                    sys.stdout.write(str(line))
+                    sys.stdout.flush()
+        code = proc.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C reached the command too (same process group): let it finish its own
+        # shutdown (Ansible's recap, locust's report) before the kit stops.
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
     if check and code != 0:
         raise CommandFailed(f"command failed with exit code {code}: {show(cmd)}")
     return code

@@ -19,6 +19,7 @@ import json
 import os
 import random
 import time
+from urllib.parse import urljoin
 
 import requests  # noqa: E402,I001  (after locust: it monkey-patches ssl first)
 import urllib3  # noqa: E402
@@ -48,6 +49,7 @@ if not VERIFY:
 FAIL_DIR = os.environ.get("KIT_LT_FAIL_DIR")  # failed responses are kept here for a person to read
 _saved_failures = itertools.count()
 TIMEOUT = (5, 30)
+MAX_REDIRECTS = 5  # as many hops as a Moodle page takes (login: testsession, then wantsurl)
 _user_numbers = itertools.count()
 
 
@@ -139,26 +141,41 @@ class MoodleUser(HttpUser):
              logged_in: bool = True, expect: str | None = None, redirect_to: str | None = None) -> str | None:
         """One journey step: fails on Moodle error pages and lost sessions, not only HTTP status.
 
-        With redirect_to, the step is a form post whose success is a redirect there (not followed).
+        Redirects are followed here, each as its own request named "<step> (redirect)": that
+        is how the edge and Prometheus count them, so the step's row times its page alone
+        and the run's p95 compares with `kit status`. With redirect_to, the step is a form
+        post whose success is a redirect there (not followed).
         """
-        with self.client.request(method, path, data=data, name=name, catch_response=True, timeout=TIMEOUT,
-                                 allow_redirects=redirect_to is None) as resp:
-            text = resp.text or ""
-            if redirect_to is not None:
-                location = resp.headers.get("Location", "")
-                reason = None if resp.status_code in (302, 303) and redirect_to in location else \
-                    pages.problem(text, status=resp.status_code, logged_in=logged_in) or \
-                    f"expected a redirect to {redirect_to}, got HTTP {resp.status_code} {location}"
-            else:
-                reason = pages.problem(text, status=resp.status_code, logged_in=logged_in, expect=expect)
-            if reason and resp.status_code == 0 and getattr(resp, "error", None) is not None:
-                reason = f"{reason}: {type(resp.error).__name__}: {str(resp.error)[:160]}"
-            if reason:
-                resp.failure(reason)
-                _keep_failed_page(name, resp, reason)
-                return None
-            resp.success()
-            return text
+        url, verb, body = path, method, data
+        for hop in range(MAX_REDIRECTS + 1):
+            label = name if hop == 0 else f"{name} (redirect)"
+            with self.client.request(verb, url, data=body, name=label, catch_response=True, timeout=TIMEOUT,
+                                     allow_redirects=False) as resp:
+                text = resp.text or ""
+                if redirect_to is None and hop < MAX_REDIRECTS and resp.is_redirect:
+                    target = self.client.get_redirect_target(resp)
+                    if target:
+                        resp.success()
+                        url = urljoin(resp.url, target)
+                        if resp.status_code in (301, 302, 303):  # as browsers do: the next hop is a GET
+                            verb, body = "GET", None
+                        continue
+                if redirect_to is not None:
+                    location = resp.headers.get("Location", "")
+                    reason = None if resp.status_code in (302, 303) and redirect_to in location else \
+                        pages.problem(text, status=resp.status_code, logged_in=logged_in) or \
+                        f"expected a redirect to {redirect_to}, got HTTP {resp.status_code} {location}"
+                else:
+                    reason = pages.problem(text, status=resp.status_code, logged_in=logged_in, expect=expect)
+                if reason and resp.status_code == 0 and getattr(resp, "error", None) is not None:
+                    reason = f"{reason}: {type(resp.error).__name__}: {str(resp.error)[:160]}"
+                if reason:
+                    resp.failure(reason)
+                    _keep_failed_page(name, resp, reason)
+                    return None
+                resp.success()
+                return text
+        return None  # not reached: the last hop is always judged
 
     def think(self) -> None:
         time.sleep(self.wait_time())

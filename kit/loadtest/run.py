@@ -221,7 +221,11 @@ def run_locust(job: LocustJob, slos: list[SLO], label: str) -> RunResult:
     with tempfile.TemporaryDirectory(prefix="kit-locust-") as private:
         password_file = Path(private) / "password"
         write_private(password_file, job.password)
-        run(cmd, env={**job.env(password_file), "KIT_LT_PASSWORD": ""}, quiet=True, check=True)
+        try:
+            run(cmd, env={**job.env(password_file), "KIT_LT_PASSWORD": ""}, quiet=True, check=True)
+        except KeyboardInterrupt:  # locust got the Ctrl-C too and wrote what it measured
+            click.secho(f"==> {label}: stopped by Ctrl-C after {time.monotonic() - started:.0f}s of "
+                        f"{duration:.0f}s; the figures cover what ran", fg="yellow", bold=True)
     steps, total = read_stats(prefix)
     result = RunResult(label=label, users=job.users if job.shape != "surge" else job.peak,
                        duration_s=round(time.monotonic() - started, 1), steps=steps, total=total,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from kit.doctor import Check
     from kit.identity import Found
     from kit.monitoring import Monitor
+    from kit.sizing import Tuning
 
 
 @dataclass
@@ -54,6 +56,13 @@ class Target:
     def __init__(self, site: Site) -> None:
         self.site = site
         self.monitoring_figures: dict[str, float | None] = {}
+
+    @cached_property
+    def tuning(self) -> Tuning:
+        """Every derived number for this site (kit.sizing), as the target applies it."""
+        from kit import sizing
+
+        return sizing.plan(self.site)
 
     def _no(self, command: str, instead: str) -> Unsupported:
         return Unsupported(f"`kit {command}` is not available on target {self.name}: {instead}")

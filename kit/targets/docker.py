@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from kit import db, health, identity, policy, releases, security, sizing
+from kit import db, health, identity, policy, releases, security
 from kit import images as kit_images
 from kit.config import dump_site, load_secrets, save_secrets
 from kit.doctor import Check
@@ -65,10 +65,6 @@ class DockerTarget(Target):
         raise NotImplementedError
 
     # --- shared state -------------------------------------------------------------------------
-    @cached_property
-    def tuning(self) -> sizing.Tuning:
-        return sizing.plan(self.site)
-
     @property
     def names(self) -> Names:
         return names_for(self.site, self.tuning)

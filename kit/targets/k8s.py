@@ -34,7 +34,7 @@ from kit.k8s.portforward import PortForward, pod_socket
 from kit.k8s.status import K8sStatus, format_status, read_status
 from kit.k8s.values import chart_dir, chart_values, config_texts, monitor_secret_name, secret_data, secret_name
 from kit.runner import capture, run
-from kit.sizing import Tuning, plan
+from kit.sizing import Tuning
 from kit.targets import Status, Target
 
 HELM_TIMEOUT = "20m"
@@ -329,10 +329,6 @@ class K8sTarget(Target):
         "certs": "the Ingress serves the certificate (kubernetes.cert_manager_issuer or kubernetes.tls_secret): "
                  "`kubectl describe certificate` shows it",
     }
-
-    @cached_property
-    def tuning(self) -> Tuning:
-        return plan(self.site)
 
     @cached_property
     def cluster(self) -> Cluster:

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -256,25 +257,46 @@ def site(site_dir):
 
 
 class Load:
-    """A `kit loadtest run` of 20 users in the background for the length of a rollout."""
+    """A `kit loadtest run` of 20 users in the background for the length of a rollout: it
+    starts 10 s before the rollout and ends (Ctrl-C, as an operator would) 10 s after it,
+    or at `seconds` if that comes first."""
+
+    TAIL_S = 10
 
     def __init__(self, site_dir: Path, seconds: int, *extra: str, site: str = SITE):
         self.site_dir, self.seconds, self.extra, self.site = site_dir, seconds, extra, site
-        self.result: subprocess.CompletedProcess | None = None
-        self.thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        self.result = kit("loadtest", "run", "--users", "20", "--spawn-rate", "20", "--duration", f"{self.seconds}s",
-                          "--think", "0.5,1.5", "--slo", "errors=0%", *self.extra, cwd=self.site_dir,
-                          timeout=self.seconds + 300)
+        self.proc: subprocess.Popen | None = None
+        self.output = ""
 
     def __enter__(self) -> "Load":
-        self.thread.start()
+        self.proc = subprocess.Popen(
+            [*KIT, "loadtest", "run", "--users", "20", "--spawn-rate", "20", "--duration", f"{self.seconds}s",
+             "--think", "0.5,1.5", "--slo", "errors=0%", *self.extra], cwd=self.site_dir,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
         time.sleep(10)  # users logged in and walking before the rollout starts
         return self
 
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        self.output = self.proc.stdout.read()
+
     def __exit__(self, *exc) -> None:
-        self.thread.join()
+        assert self.proc is not None
+        try:
+            self.proc.wait(timeout=self.TAIL_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            self.proc.wait(timeout=self.seconds + 300)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            self.reader.join(timeout=30)
+        if self.proc.returncode != 0:
+            print(self.output[-6000:])
 
     def summary(self) -> dict:
         report = sorted((self.site_dir / "reports" / self.site).iterdir())[-1]

@@ -133,7 +133,7 @@ def test_rolling_upgrade_across_machines_drops_no_request(hosts_site):
     assert kit("loadtest", "seed", "--size", "S", cwd=folder).returncode == 0
     kept = psql(th, "select count(*) from mdl_course")
     started = time.monotonic()
-    with Load(folder, 150, "--yes", site=SITE) as load:
+    with Load(folder, 300, "--yes", site=SITE) as load:
         result = kit("upgrade", "--image-tag", "hs-2", cwd=folder)
     TIMINGS["hosts: rolling upgrade, 2 web machines (whole run)"] = time.monotonic() - started - 10
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
@@ -156,7 +156,7 @@ def test_broken_release_is_undone_on_every_machine(hosts_site):
                    capture_output=True, timeout=600)
     subprocess.run(["docker", "tag", base.replace("/moodle:", "/moodle-web:"), "kit/moodle-web:hs-broken"],
                    check=True)
-    with Load(folder, 200, "--yes", site=SITE) as load:
+    with Load(folder, 300, "--yes", site=SITE) as load:
         result = kit("upgrade", "--image-tag", "hs-broken", cwd=folder)
     assert result.returncode != 0
     assert "did not become healthy" in result.stderr and "rolled back to release" in result.stderr
@@ -170,7 +170,7 @@ def test_secrets_rotate_across_machines_drops_no_request(hosts_site):
     folder, th = hosts_site
     secrets_file = folder / ".kit" / SITE / "secrets.yaml"
     before = yaml.safe_load(secrets_file.read_text())
-    with Load(folder, 150, "--yes", site=SITE) as load:
+    with Load(folder, 300, "--yes", site=SITE) as load:
         result = kit("secrets", "rotate", "--yes", cwd=folder)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     summary = load.summary()

@@ -105,16 +105,14 @@ def test_faults_fire_their_alerts_with_runbooks_and_status_follows_the_load(site
     summary = json.loads((report / "summary.json").read_text())
     locust = summary["total"]
     live = status["monitoring"]
-    # Locust counts a request and the redirects it follows as one (a login: POST, 303, GET), and
-    # times them together; the edge sees each. Counted alike (answers that are not redirects):
-    MEASURED["kit status during load: pages/s vs locust req/s"] = f"{live['pages_per_s']:.1f} vs {locust['rps']:.1f}"
+    # Locust times each redirect as its own request, as the edge counts them: the two agree.
+    MEASURED["kit status during load: req/s vs locust req/s"] = f"{live['req_per_s']:.1f} vs {locust['rps']:.1f}"
     MEASURED["kit status during load: edge p95 vs locust p95"] = f"{live['p95_ms']:.0f} vs {locust['p95']:.0f} ms"
-    assert live["pages_per_s"] == pytest.approx(locust["rps"], rel=0.2), (live, locust)
-    assert live["req_per_s"] > live["pages_per_s"]
-    # Per HTTP request the edge's p95 is at most locust's (which adds the followed redirects).
-    assert 0.4 * locust["p95"] <= live["p95_ms"] <= 1.2 * locust["p95"], (live, locust)
+    assert live["req_per_s"] == pytest.approx(locust["rps"], rel=0.2), (live, locust)
+    assert live["p95_ms"] == pytest.approx(locust["p95"], rel=0.2), (live, locust)
+    assert live["req_per_s"] > live["pages_per_s"] > 0   # the logins' redirects
     server = summary["server_side"]   # the load test's summary, from Prometheus, beside locust's
-    assert server["pages"] == pytest.approx(locust["requests"], rel=0.2), (server, locust)
+    assert server["requests"] == pytest.approx(locust["requests"], rel=0.2), (server, locust)
     assert server["errors_5xx"] == 0 and locust["failures"] == 0
     assert locust["p95"] > E2E_SLO["p95_ms"], "the load was meant to exceed what the site holds at its SLO"
 

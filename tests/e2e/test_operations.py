@@ -75,7 +75,7 @@ def test_backup_destroy_restore_gives_back_the_same_data(site_dir, backup_dir):
 
 def test_scale_out_and_in_under_load_drops_nothing(site_dir, backup_dir):
     try:
-        with Load(site_dir, 120) as load:
+        with Load(site_dir, 300) as load:
             up = kit("scale", "web=3", cwd=site_dir)
             up_replicas = web_replicas()
             down = kit("scale", "web=1", cwd=site_dir)
@@ -117,7 +117,7 @@ def test_secrets_rotate_under_load_drops_nothing_and_retires_the_old_credentials
     old_user = before.get("db_user", "moodle")
     assert pg_login_works(old_user, before["db_password"]) and redis_auth_works(before["redis_password"])
     started = time.monotonic()
-    with Load(site_dir, 150) as load:
+    with Load(site_dir, 300) as load:
         result = kit("secrets", "rotate", "--yes", cwd=site_dir)
     TIMINGS["kit secrets rotate (rolling, under load)"] = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]

@@ -71,7 +71,7 @@ def test_tls_1_0_and_1_1_are_refused_and_1_3_is_accepted(site):
 def test_a_forced_renewal_under_load_drops_nothing_and_serves_the_new_certificate(site, site_dir):
     assert kit("loadtest", "seed", "--size", "S", cwd=site_dir).returncode == 0
     before = tls.served("127.0.0.1", site.tls.port, SITE_HOST)
-    with Load(site_dir, 90) as load:
+    with Load(site_dir, 300) as load:
         renewed = kit("certs", "--renew", cwd=site_dir)
     assert renewed.returncode == 0, renewed.stdout[-3000:] + renewed.stderr[-2000:]
     summary = load.summary()

@@ -43,7 +43,7 @@ def test_upgrade_to_a_new_image_tag_drops_no_request(seeded):
     site_dir = seeded
     before = replica_images()
     started = time.monotonic()
-    with Load(site_dir, 150) as load:
+    with Load(site_dir, 300) as load:
         result = kit("upgrade", "--image-tag", "e2e-2", cwd=site_dir)
         upgrade_s = time.monotonic() - started - 10
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
@@ -72,7 +72,7 @@ def test_broken_release_rolls_back_by_itself(seeded):
         "RUN echo 'pm.max_children = not-a-number' >> /etc/php/8.2/fpm/php-fpm.conf\n")
     sh("docker", "build", "-q", "-t", "kit/moodle:e2e-broken", str(broken_dir), timeout=600)
     sh("docker", "tag", web, "kit/moodle-web:e2e-broken")
-    with Load(site_dir, 90) as load:
+    with Load(site_dir, 300) as load:
         result = kit("upgrade", "--image-tag", "e2e-broken", cwd=site_dir)
     assert result.returncode != 0
     assert "did not become healthy" in result.stderr and "rolled back to release" in result.stderr
@@ -85,7 +85,7 @@ def test_broken_release_rolls_back_by_itself(seeded):
 
 def test_killed_rollout_converges_when_run_again(seeded):
     site_dir = seeded
-    with Load(site_dir, 160) as load:
+    with Load(site_dir, 300) as load:
         proc = subprocess.Popen([*KIT, "upgrade", "--image-tag", "e2e-3"], cwd=site_dir, start_new_session=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 240
@@ -109,7 +109,7 @@ def test_killed_rollout_converges_when_run_again(seeded):
 
 def test_rollback_goes_to_the_previous_release(seeded):
     site_dir = seeded
-    with Load(site_dir, 90) as load:
+    with Load(site_dir, 300) as load:
         result = kit("rollback", "--yes", cwd=site_dir)
     assert result.returncode == 0, result.stdout[-3000:]
     assert load.summary()["total"]["failures"] == 0

@@ -242,6 +242,10 @@ class TestHosts:
         return self.workdir / "ssh_config"
 
     @property
+    def known_hosts(self) -> Path:
+        return self.workdir / "known_hosts"
+
+    @property
     def shared_dir(self) -> Path:
         return self.workdir / "shared-moodledata"
 
@@ -446,8 +450,10 @@ class TestHosts:
             "    Port 22",
             f"    IdentityFile {self.ssh_key}",
             "    IdentitiesOnly yes",
-            "    StrictHostKeyChecking no",
-            "    UserKnownHostsFile /dev/null",
+            # Each host's own key, read from it at start (_learn_host_key): checked as on real
+            # machines, which Mitogen enforces whatever an ssh_config says.
+            "    StrictHostKeyChecking yes",
+            f"    UserKnownHostsFile {self.known_hosts}",
             "    LogLevel ERROR",
             "    PasswordAuthentication no",
             "    BatchMode yes",
@@ -535,11 +541,24 @@ class TestHosts:
         """"privileged", or "fallback" (ALMOST_PRIVILEGED) when the engine refused --privileged."""
         return _privilege_mode
 
+    def _learn_host_key(self, name: str, host_keys: dict[str, str]) -> bool:
+        """Read the host key the host made at start (entrypoint.sh) into known_hosts."""
+        result = _docker("exec", self.container(name), "cat", "/etc/ssh/ssh_host_ed25519_key.pub", check=False,
+                         timeout=30)
+        fields = result.stdout.split()
+        if result.returncode != 0 or len(fields) < 2:
+            return False
+        host_keys[name] = f"{name},{self._addresses[name]} {fields[0]} {fields[1]}"
+        self.known_hosts.write_text("".join(f"{line}\n" for line in host_keys.values()))
+        return True
+
     def _wait_ready(self) -> None:
         """Every host: sshd accepts our key and the inner dockerd answers, within start_timeout."""
         deadline = time.monotonic() + self.start_timeout
         pending = list(self.names)
         last: dict[str, str] = {}
+        host_keys: dict[str, str] = {}
+        self.known_hosts.write_text("")
         while pending:
             for name in list(pending):
                 state = _docker("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}",
@@ -547,6 +566,9 @@ class TestHosts:
                 if not state.startswith("running"):
                     raise TestHostError(f"test host {name} stopped during start ({state}); its last log lines:\n"
                                         f"{self.logs(name)}")
+                if name not in host_keys and not self._learn_host_key(name, host_keys):
+                    last[name] = "no host key yet"
+                    continue
                 try:
                     result = self.run(name, "docker info --format '{{.Driver}}'", check=False, timeout=20)
                 except TestHostError as exc:
