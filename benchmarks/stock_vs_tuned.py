@@ -4,7 +4,7 @@
     MOODLE_SRC=~/moodle-src/4.5.6 .venv/bin/python benchmarks/stock_vs_tuned.py [--levers]
 
 For each profile it runs what an operator would: `kit init`, `kit up`, `kit loadtest seed
---size XS`, a warm-up, `kit loadtest capacity` (p95 <= 1 s, errors <= 1 %, 60 s per level)
+--size S` (XS: --size), a warm-up, `kit loadtest capacity` (p95 <= 1 s, errors <= 1 %, 60 s per level)
 and a saturation run. Then it prints one table with both profiles and the ratios, and
 what `kit plan --from-report` predicts from the tuned run's report. `--levers` (or
 `--levers-only`) also measures each lever alone on top of the stock profile at a fixed
@@ -72,7 +72,7 @@ def bring_up(site_dir: Path, profile: str, args: argparse.Namespace, port: int) 
         kit(site_dir, *init)
     set_performance(site_dir, profile, {})
     kit(site_dir, "up")
-    kit(site_dir, "loadtest", "seed", "--size", "XS")
+    kit(site_dir, "loadtest", "seed", "--size", args.size)
     wait_queue_drained(site_dir)
 
 
@@ -234,7 +234,10 @@ def main() -> None:
                                                                   str(Path.home() / "moodle-src" / "4.5.6")))
     parser.add_argument("--base-image", default=None, help="Debian base image (default: the kit's default)")
     parser.add_argument("--out", type=Path, default=Path("/var/tmp/kit-bench") / time.strftime("%Y%m%d-%H%M%S"))
-    parser.add_argument("--levels", default="10,20,25,30,40,50,60,70,80,90,100")
+    parser.add_argument("--size", default="S", choices=("XS", "S", "M"),
+                        help="course size seeded (Moodle's generator): S is a real 100-student course")
+    parser.add_argument("--levels", default="5,10,15,20,25,30,35,40,50,60,70,80,100",
+                        help="capacity levels: steps of 5 users near the knee")
     parser.add_argument("--level-time", type=int, default=60)
     parser.add_argument("--saturation-users", type=int, default=100)
     parser.add_argument("--saturation-time", type=int, default=90)

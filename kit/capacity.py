@@ -55,10 +55,11 @@ def source_of(report: str | Path | None) -> tuple[measured.Measured, str]:
         figures = measured.load_report(report)
         return figures, f"measured: {figures.source}"
     figures = measured.load_report(REFERENCE)
-    data = json.loads(REFERENCE.read_text())
-    site = data.get("site") or {}
-    return figures, (f"assumed: the kit's reference run, {site.get('data', 'S')} courses on {figures.cpus} cores; "
-                     "measure yours with `kit loadtest capacity`")
+    seeded = json.loads(REFERENCE.read_text()).get("data") or {}
+    course = f"course of size {seeded.get('size') or 'unknown'}" + (
+        f" of {seeded['enrolled']} students" if seeded.get("enrolled") else "")
+    return figures, (f"assumed: the kit's reference run, a {course} on {figures.cpus} cores; measure yours "
+                     "with `kit loadtest capacity`")
 
 
 def estimate(site: Site, tuning: Tuning, report: str | Path | None = None) -> Capacity:

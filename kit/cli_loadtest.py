@@ -156,6 +156,15 @@ def _site_facts(site: config.Site) -> dict:
             "fpm_max_children": tuning.fpm_max_children, "workers": tuning.workers}
 
 
+def _data_facts(target_path: Path) -> dict:
+    """What the load walked: the seeded course (`kit loadtest seed --size`) and its students."""
+    try:
+        seeded = json.loads(target_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {"size": seeded.get("size"), "course": seeded.get("course_shortname"), "enrolled": seeded.get("enrolled")}
+
+
 def _print_cost(cost: LevelCost) -> None:
     tiers = ", ".join(f"{role} {ms:.1f}" for role, ms in sorted(cost.cpu_ms_per_request.items())
                       if role not in ("site", "load_generator", "monitoring"))
@@ -286,7 +295,7 @@ def capacity(start: int, step: int, max_users: int, levels_text: str | None, ref
     results.sort(key=lambda r: r.users)
     summary = {"capacity_users": best, "slos": [s.describe() for s in parsed_slos], "elapsed_s": round(elapsed, 1),
                "announced_max_s": round(budget), "journey": journey, "think": think,
-               "site": _site_facts(site) if meter else None,
+               "site": _site_facts(site) if meter else None, "data": _data_facts(target_path),
                "levels": [level_entry(r, costs.get(r.users)) for r in results]}
     base_dir.mkdir(parents=True, exist_ok=True)
     (base_dir / "capacity.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -64,3 +64,53 @@ def test_read_stats_from_locust_csv(tmp_path):
 def test_missing_stats_is_a_clear_error(tmp_path):
     with pytest.raises(KitError, match="no statistics"):
         read_stats(tmp_path / "locust")
+
+
+def test_ctrl_c_ends_a_real_locust_run_early_and_still_writes_its_report(tmp_path):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) stops `kit loadtest run`
+    long before its duration, and the summary covers what ran. Load goes to a page server
+    on 127.0.0.1 that this test starts (no Moodle: every journey fails at the login page)."""
+    import http.server
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server API
+            body = b"<html><body>not Moodle</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    target = tmp_path / "target.json"
+    target.write_text(json.dumps({"course_id": 2, "page_cmid": 1, "forum_cmid": 2, "discussion_id": 1,
+                                  "reply_post_id": 1, "users": {"prefix": "tool_generator_", "count": 5}}))
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kit.cli", "loadtest", "run", "--url", f"http://127.0.0.1:{server.server_port}",
+         "--target-file", str(target), "--users", "2", "--spawn-rate", "2", "--duration", "300s",
+         "--think", "0.1,0.2", "--slo", "errors=100%"],
+        cwd=tmp_path, env={**os.environ, "KIT_LT_PASSWORD": "x"}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        time.sleep(12)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        server.shutdown()
+    assert time.monotonic() - started < 120, out[-2000:]
+    assert "stopped by Ctrl-C after" in out, out[-2000:]
+    summary = json.loads(next((tmp_path / "reports").rglob("summary.json")).read_text())
+    assert summary["total"]["requests"] > 0 and summary["duration_s"] < 100

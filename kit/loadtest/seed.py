@@ -38,6 +38,7 @@ def seed(target: Target, size: str) -> dict[str, Any]:
     if size not in SIZES:
         raise UsageError(f"--size {size!r}: use one of {', '.join(SIZES)}")
     found = read_target(target)
+    fresh = found is None
     if found is None:
         click.echo(f"seeding with Moodle's generator (maketestsite --size={size}); this takes minutes")
         target.moodle_cli(["admin/tool/generator/cli/maketestsite.php", f"--size={size}", "--fixeddataset",
@@ -51,12 +52,22 @@ def seed(target: Target, size: str) -> dict[str, Any]:
     # The exam quiz is checked every time (idempotent): questions may be missing.
     target.moodle_cli(["/opt/kit/seed_exam.php", str(found["course_id"])])
     target.moodle_cli(["/opt/kit/seed_discussions.php", str(found["forum_cmid"]), str(DISCUSSIONS)])
-    found = read_target(target) or found
     path = target_file(target.site)
+    # The generator's size, for the reports (what the figures were measured on); a site
+    # seeded before this was recorded keeps "unknown" rather than a guess.
+    size_seeded = size if fresh else _saved_size(path)
+    found = {**(read_target(target) or found), "size": size_seeded}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(found, indent=2) + "\n")
     click.echo(f"target written to {path}")
     return found
+
+
+def _saved_size(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("size")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def saved_target(site: Site) -> Path:
