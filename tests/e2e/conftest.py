@@ -258,10 +258,10 @@ def site(site_dir):
 
 class Load:
     """A `kit loadtest run` of 20 users in the background for the length of a rollout: it
-    starts 10 s before the rollout and ends (Ctrl-C, as an operator would) 10 s after it,
+    starts 10 s before the rollout and ends (Ctrl-C, as an operator would) 5 s after it,
     or at `seconds` if that comes first."""
 
-    TAIL_S = 10
+    TAIL_S = 5
 
     def __init__(self, site_dir: Path, seconds: int, *extra: str, site: str = SITE):
         self.site_dir, self.seconds, self.extra, self.site = site_dir, seconds, extra, site
