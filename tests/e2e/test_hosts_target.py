@@ -1,8 +1,7 @@
 """The `hosts` target on test machines this suite starts on this machine (each: sshd and its
 own Docker engine, see tests/hosts/): `kit up` over SSH across three machines, a rolling
-upgrade and a secrets rotation under a 20-user load with no failed request. A broken
-release undone by itself is tested on the shared local site (test_upgrade.py): the same
-role and rollback code; here it would ship a new 785 MB image to three machines.
+upgrade under a 20-user load with no failed request, and a broken release undone by itself
+(block/rescue on the failing machine, then the previous release everywhere).
 """
 from __future__ import annotations
 
@@ -143,6 +142,28 @@ def test_rolling_upgrade_across_machines_drops_no_request(hosts_site):
     assert summary["total"]["requests"] > 100
     assert set(replica_images(th).values()) == {"kit/moodle:hs-2"}
     assert psql(th, "select count(*) from mdl_course") == kept
+
+
+def test_broken_release_is_undone_on_every_machine(hosts_site):
+    folder, th = hosts_site
+    good = replica_images(th)
+    base = good[f"kit-{SITE}-web-1"]
+    broken_dir = folder / "broken-image"
+    broken_dir.mkdir(exist_ok=True)
+    (broken_dir / "Dockerfile").write_text(
+        f"FROM {base}\nRUN echo 'pm.max_children = not-a-number' >> /etc/php/8.2/fpm/php-fpm.conf\n")
+    subprocess.run(["docker", "build", "-q", "-t", "kit/moodle:hs-broken", str(broken_dir)], check=True,
+                   capture_output=True, timeout=600)
+    subprocess.run(["docker", "tag", base.replace("/moodle:", "/moodle-web:"), "kit/moodle-web:hs-broken"],
+                   check=True)
+    with Load(folder, 300, "--yes", site=SITE) as load:
+        result = kit("upgrade", "--image-tag", "hs-broken", cwd=folder)
+    assert result.returncode != 0
+    assert "did not become healthy" in result.stderr and "rolled back to release" in result.stderr
+    summary = load.summary()
+    assert summary["total"]["failures"] == 0, summary["failures"]
+    assert replica_images(th) == good
+    assert json.loads(kit("releases", "--json", cwd=folder).stdout)[-1]["outcome"] == "rolled back"
 
 
 def test_secrets_rotate_across_machines_drops_no_request(hosts_site):
