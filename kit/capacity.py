@@ -1,9 +1,9 @@
 """How many concurrent users the planned site holds at its SLO, and what more would take.
 
 `kit plan` and `kit up` say it for every site. The figures come from a measured report when
-one is given (`kit plan --from-report`); otherwise from the kit's reference run (the S-data
-capacity search of `benchmarks/stock_vs_tuned.py`, shipped as kit/data/), marked assumed:
-a course with more activities, or other hardware, costs differently per request.
+one is given (`kit plan --from-report`); otherwise from the kit's reference report
+(kit/data/reference-capacity.json, whose `provenance` says which run), marked assumed: a
+course with more activities, or other hardware, costs differently per request.
 """
 from __future__ import annotations
 
@@ -62,16 +62,17 @@ def source_of(report: str | Path | None) -> tuple[measured.Measured, str]:
                      "with `kit loadtest capacity`")
 
 
-def estimate(site: Site, tuning: Tuning, report: str | Path | None = None) -> Capacity:
+def estimate(site: Site, tuning: Tuning, report: str | Path | None = None,
+             machine_cpus: int = measured.HOSTS_MACHINE_CPUS) -> Capacity:
     """The planned site's capacity on its target, and what site.yaml's users would take."""
     figures, source = source_of(report)
     slo_ms = float(site.slo.p95_ms)
     host = tuning.host
 
     def needs(users: int) -> dict[str, float]:
-        return measured.plan_for(figures, users, host.cpus, host.memory_mb, slo_ms=slo_ms)["needs"]
+        return measured.plan_for(figures, users, host.cpus, host.memory_mb, machine_cpus, slo_ms)["needs"]
 
-    planned = measured.plan_for(figures, site.users, host.cpus, host.memory_mb, slo_ms=slo_ms)
+    planned = measured.plan_for(figures, site.users, host.cpus, host.memory_mb, machine_cpus, slo_ms)
     if site.target == "hosts":
         machines = sum(1 for m in site.hosts.machines if "web" in m.roles)
         holds = _largest(lambda users: needs(users)["hosts_web_machines"] <= machines)

@@ -263,7 +263,7 @@ def _plan_from_report(site: config.Site, report: str, machine_cpus: int | None, 
     host = sizing.HostResources.for_site(site)
     result = measured.plan_for(figures, site.users, host.cpus, host.memory_mb,
                                machine_cpus or measured.HOSTS_MACHINE_CPUS)
-    held = capacity.estimate(site, sizing.plan(site), report)
+    held = capacity.estimate(site, sizing.plan(site), report, machine_cpus or measured.HOSTS_MACHINE_CPUS)
     if as_json:
         click.echo(json.dumps({**result, "capacity": held.as_dict()}, indent=2))
         return
