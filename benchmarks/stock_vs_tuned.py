@@ -247,7 +247,8 @@ def main() -> None:
     parser.add_argument("--levers-only", action="store_true", help="only the levers, on a stock site of their own")
     parser.add_argument("--lever-users", type=int, default=20)
     parser.add_argument("--lever-time", type=int, default=60)
-    parser.add_argument("--keep", action="store_true", help="leave both sites running")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the sites: the last one running, the others stopped with their data")
     parser.add_argument("--from-results", type=Path, metavar="RESULTS_JSON",
                         help="print the table and the CPU check again from a finished run's results.json")
     args = parser.parse_args()
@@ -271,7 +272,8 @@ def main() -> None:
         print(f"\n== each lever alone on the stock profile, {args.lever_users} users for {args.lever_time}s")
         (args.out / "levers.md").write_text(lever_table(lever_rows) + "\n")
         return
-    for index, profile in enumerate(args.profiles.split(",")):
+    profiles = args.profiles.split(",")
+    for index, profile in enumerate(profiles):
         site_dir = args.out / profile
         results[profile] = measure_profile(site_dir, profile, args, 18480 + index)
         if profile == "stock" and args.levers:
@@ -279,6 +281,9 @@ def main() -> None:
         (args.out / "results.json").write_text(json.dumps({"profiles": results, "levers": lever_rows}, indent=2))
         if not args.keep:
             kit(site_dir, "down", "--destroy-data", "--yes", check=False)
+        elif index < len(profiles) - 1:
+            # Kept, but stopped: its cron and workers would take CPU from the next profile's figures.
+            kit(site_dir, "down", "--yes", check=False)
     text = ""
     if set(PROFILES) <= set(results):
         print("\n== stock vs tuned (same host, Moodle, data and journey)")

@@ -163,13 +163,11 @@ def init(users: int, moodle_source: str | None, moodle_ref: str | None, name: st
 
         data = init_settings(data, namespace=namespace, host=k8s_host)
     site = config.parse_site(data, site_dir=path.resolve().parent, source="kit init")
-    if site.target == "local" and identity.load(site) is None:   # a new site beside others: its own ports
-        from kit.monitoring import free_ports
-
-        ports = free_ports()
-        if ports != (site.monitoring.prometheus_port, site.monitoring.alertmanager_port):
-            data["monitoring"] = {"prometheus_port": ports[0], "alertmanager_port": ports[1]}
-            site = config.parse_site(data, site_dir=path.resolve().parent, source="kit init")
+    # A new site beside others on this machine gets monitoring ports of its own.
+    ports = target_for(site).free_monitoring_ports() if identity.load(site) is None else None
+    if ports and ports != (site.monitoring.prometheus_port, site.monitoring.alertmanager_port):
+        data["monitoring"] = {"prometheus_port": ports[0], "alertmanager_port": ports[1]}
+        site = config.parse_site(data, site_dir=path.resolve().parent, source="kit init")
     given: dict[str, str] = {}
     if db_password_stdin:
         password = sys.stdin.readline().rstrip("\n")

@@ -117,9 +117,8 @@ def monitor_cmd(site_path: str) -> None:
     click.echo(f"dashboard     http://127.0.0.1:{m.prometheus_port}/consoles/kit.html")
     click.echo(f"prometheus    http://127.0.0.1:{m.prometheus_port}/")
     click.echo(f"alertmanager  http://127.0.0.1:{m.alertmanager_port}/")
-    if target.site.target == "hosts":
-        edge = target.site.hosts.with_role("edge")[0]
-        click.echo(f"(on the edge machine {edge.name}: ssh -L {m.prometheus_port}:127.0.0.1:{m.prometheus_port} "
-                   f"{target.site.hosts.ssh_user}@{edge.address})")
+    hint = target.monitor_access_hint()
+    if hint:
+        click.echo(hint)
     if down:
         click.secho("not answering: " + ", ".join(down), fg="yellow")

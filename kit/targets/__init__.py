@@ -102,6 +102,15 @@ class Target:
         """Why `kit init` may not use this site's name (or, with port, its port) here."""
         return None
 
+    def free_monitoring_ports(self) -> tuple[int, int] | None:
+        """Prometheus and Alertmanager ports for a new site beside others on this machine
+        (None where the target does not publish them here)."""
+        return None
+
+    def monitor_access_hint(self) -> str | None:
+        """How to reach the monitoring ports from the admin machine, where they are elsewhere."""
+        return None
+
     def docker_missing(self, yes: bool) -> None:
         """`kit up` where the Docker engine is missing (only Docker targets can install it)."""
         raise KitError("Docker is not reachable; nothing was changed")

@@ -116,6 +116,11 @@ class HostsTarget(DockerTarget):
                                              f"{builder.message}")
         return [builder, *self.check_machines(), *certs.check(self.site), *self.external_db_check()]
 
+    def monitor_access_hint(self) -> str | None:
+        m, edge = self.site.monitoring, self.site.hosts.with_role("edge")[0]
+        return (f"(on the edge machine {edge.name}: ssh -L {m.prometheus_port}:127.0.0.1:{m.prometheus_port} "
+                f"{self.site.hosts.ssh_user}@{edge.address})")
+
     def docker_missing(self, yes: bool) -> None:
         """Machines without Docker get Debian's docker.io through the playbook, with --yes."""
         if not all(c.ok for c in self.check_machines()):

@@ -131,6 +131,11 @@ class LocalTarget(DockerTarget):
             checks.append(self.port_check())
         return checks + certs.check(self.site) + self.external_db_check()
 
+    def free_monitoring_ports(self) -> tuple[int, int] | None:
+        from kit.monitoring import free_ports
+
+        return free_ports()
+
     def docker_missing(self, yes: bool) -> None:
         """`kit up` on a host without Docker: install Debian's docker.io, with consent."""
         docker = check_docker()
