@@ -101,6 +101,11 @@ def test_sessions_and_application_cache_live_in_redis(site):
     keys = sh("docker", "exec", "-i", f"kit-{SITE}-redis", "sh", "-c", 'REDISCLI_AUTH="$(cat)" redis-cli --scan',
               stdin=load_secrets(site)["redis_password"])
     assert any(k.startswith("sess_") for k in keys.split()), "no session key in Redis"
+    assert any(k.startswith("muc_") for k in keys.split()), "no application cache key in Redis"
+    # The kit's store plugin reads the password from the secret file: Moodle's config has none.
+    store = moodle_php("$s = cache_config_writer::instance()->get_all_stores()['kit_redis']; "
+                       "echo $s['plugin'], ' ', json_encode($s['configuration']);")
+    assert store.startswith("kitredis ") and "password" not in store, store
     stores = moodle_php("$w = cache_config_writer::instance(); foreach ($w->get_mode_mappings() as $m) "
                         "{ echo $m['mode'], '=', $m['store'], \"\\n\"; }")
     assert "1=kit_redis" in stores.split()

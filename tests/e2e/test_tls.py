@@ -104,7 +104,9 @@ def test_no_secret_is_visible_on_pages_in_docker_inspect_or_in_php_fpm_environme
     assert {"db_password", "redis_password", "admin_password", "loadtest_password"} <= set(secrets)
     session = admin_session(site)
     pages = {path: session.get(f"{site.url}{path}", timeout=60) for path in
-             ("/admin/phpinfo.php", "/admin/environment.php", "/admin/settings.php?section=systempaths")}
+             ("/admin/phpinfo.php", "/admin/environment.php", "/admin/settings.php?section=systempaths",
+              "/cache/admin.php", "/cache/admin.php?action=editstore&plugin=kitredis&store=kit_redis",
+              "/admin/settings.php?section=sessionhandling")}
     for path, page in pages.items():
         assert page.status_code == 200 and "logintoken" not in page.text, path
         for key, value in secrets.items():

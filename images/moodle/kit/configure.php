@@ -8,10 +8,13 @@ require '/var/www/moodle/config.php';
 use core_cache\store;
 
 $storename = 'kit_redis';
+// cachestore_kitredis (the kit's plugin) is Moodle's Redis store reading the password from
+// the secret file when it connects: the configuration below, which Moodle keeps in
+// moodledata/muc and shows on its cache admin pages, has none.
+$storeplugin = 'kitredis';
 $wanted = [
     'server' => getenv('KIT_REDIS_HOST') . ':6379',
     'prefix' => 'muc_',
-    'password' => kit_secret('redis_password'),
     'serializer' => 1,          // Redis::SERIALIZER_PHP
     'compressor' => 0,
     'connectiontimeout' => 3,
@@ -29,10 +32,12 @@ $stores = $writer->get_all_stores();
 if ($appstore !== $storename) {
     // Nothing to set up on Redis.
 } else if (!isset($stores[$storename])) {
-    $writer->add_store_instance($storename, 'redis', $wanted);
+    $writer->add_store_instance($storename, $storeplugin, $wanted);
     $changes[] = 'added Redis store';
-} else if (($stores[$storename]['configuration'] ?? []) != $wanted) {
-    $writer->edit_store_instance($storename, 'redis', $wanted);
+} else if (($stores[$storename]['plugin'] ?? '') !== $storeplugin
+        || ($stores[$storename]['configuration'] ?? []) != $wanted) {
+    // Also replaces an older kit's plain Redis store, whose configuration held the password.
+    $writer->edit_store_instance($storename, $storeplugin, $wanted);
     $changes[] = 'updated Redis store';
 }
 
