@@ -64,5 +64,18 @@ def test_from_results_reprints_the_table_and_the_check(tmp_path, results):
     saved.write_text(json.dumps({"profiles": results, "levers": []}))
     out = subprocess.run([sys.executable, str(SCRIPT), "--from-results", str(saved)],
                          capture_output=True, text=True, check=True).stdout
-    assert "| users at SLO (p95<=1s, errors<=1%)         |       30 |       40 |       1.33x |" in out
+    assert "| users at SLO (p95<=1s, errors<=1%)         |           30 |           40 |       1.33x |" in out
     assert "CPU needed for 2x stock's users at SLO" in out
+
+
+def test_repeated_capacity_searches_show_their_spread_beside_the_median(bench, results):
+    results["stock"]["capacity_repeats"] = [25, 30, 30]
+    results["tuned"]["capacity_repeats"] = [40, 35, 45]
+    label, stock, tuned, ratio = bench.table(results)[0]
+    assert label.startswith("users at SLO")
+    assert stock == "30 (25-30)" and tuned == "40 (35-45)" and ratio == "1.33x"
+
+
+def test_one_capacity_search_prints_no_spread(bench, results):
+    _, stock, tuned, _ = bench.table(results)[0]
+    assert (stock, tuned) == ("30", "40")
