@@ -24,6 +24,8 @@ OS_RESERVE_MB = 1024
 DEBIAN_FPM = {"max_children": 5, "start_servers": 2, "min_spare": 1, "max_spare": 3}
 DB_RAM_SHARE = 0.25         # on one host PostgreSQL plans against a quarter of RAM
 REDIS_MB_PER_USER = 0.25
+REQUEST_TIMEOUT_S = 300     # PHP's time limit for one web request, as Moodle's docs advise
+TIMEOUT_STEP_S = 10         # each outer hop waits this much longer than the one inside it
 MAX_CONN_STEP = 100         # max_connections steps: scaling inside one never restarts PostgreSQL
 
 
@@ -70,7 +72,8 @@ class HostResources:
 INT_FIELDS = ("web_replicas", "fpm_max_children", "fpm_start_servers", "fpm_min_spare", "fpm_max_spare",
               "php_memory_limit_mb", "opcache_memory_mb", "opcache_interned_mb", "opcache_max_files",
               "opcache_revalidate_s",
-              "realpath_cache_ttl_s", "workers", "adhoc_concurrency_limit", "redis_maxmemory_mb")
+              "realpath_cache_ttl_s", "workers", "adhoc_concurrency_limit", "redis_maxmemory_mb",
+              "request_timeout_s", "fastcgi_read_timeout_s", "edge_read_timeout_s")
 
 
 def resolve_levers(site: Site) -> dict[str, bool]:
@@ -111,6 +114,9 @@ class Tuning:
     opcache_interned_mb: int = 16
     opcache_revalidate_s: int = 60
     realpath_cache_ttl_s: int = 600
+    request_timeout_s: int = REQUEST_TIMEOUT_S
+    fastcgi_read_timeout_s: int = REQUEST_TIMEOUT_S + TIMEOUT_STEP_S
+    edge_read_timeout_s: int = REQUEST_TIMEOUT_S + 2 * TIMEOUT_STEP_S
     reasons: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -217,6 +223,15 @@ def plan(site: Site, host: HostResources | None = None) -> Tuning:
         why["workers"] = "2 so the queue drains while one restarts; +1 per 500 users, at most 2 per CPU"
     adhoc_limit = workers + 1
     why["adhoc_concurrency_limit"] = "one adhoc runner per worker, +1 for a worker being replaced"
+
+    # --- timeouts, innermost first: a stuck request is ended by php-fpm, and nginx and the
+    # edge pass that answer on; were they equal, whichever fired first would decide (504 or 502).
+    why["request_timeout_s"] = ("PHP's max_execution_time and php-fpm's request_terminate_timeout (wall "
+                                "clock): Moodle's longest web pages (reports, restores) fit, a stuck one ends")
+    why["fastcgi_read_timeout_s"] = (f"request_timeout_s + {TIMEOUT_STEP_S} s: the replica's nginx waits for "
+                                     "php-fpm's own answer, so php-fpm is the one that ends a stuck request")
+    why["edge_read_timeout_s"] = (f"fastcgi_read_timeout_s + {TIMEOUT_STEP_S} s: the edge waits for the "
+                                  "replica's answer; it retries another replica only within the same budget")
 
     redis_mb = max(256, int(256 + users * REDIS_MB_PER_USER))
     why["redis_maxmemory_mb"] = f"256 MB application cache + {REDIS_MB_PER_USER} MB per user for sessions"

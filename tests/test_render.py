@@ -87,3 +87,18 @@ def test_vars_hold_counts_and_checksums(site):
     data2 = yaml.safe_load((render(changed, plan(changed, HOST_8x64), IMAGES) / "vars.yml").read_text())
     assert data2["kit_checksums"]["db"] != data["kit_checksums"]["db"]
     assert data2["kit_checksums"]["redis"] != data["kit_checksums"]["redis"]
+
+
+def test_timeouts_grow_from_php_fpm_out_to_the_edge(site):
+    """php-fpm ends a stuck request first; nginx and the edge wait longer and pass its answer on,
+    and the edge never starts a retry after the request's budget is spent."""
+    tuning = plan(site, HOST_2x24)
+    assert tuning.request_timeout_s < tuning.fastcgi_read_timeout_s < tuning.edge_read_timeout_s
+    files = render_files(site, tuning)
+    assert f"max_execution_time = {tuning.request_timeout_s}\n" in files["php.ini"]
+    assert f"request_terminate_timeout = {tuning.request_timeout_s}s\n" in files["fpm-pool.conf"]
+    assert f"fastcgi_read_timeout {tuning.fastcgi_read_timeout_s}s;" in files["nginx.conf"]
+    assert f"proxy_read_timeout {tuning.edge_read_timeout_s}s;" in files["edge.conf"]
+    assert f"proxy_next_upstream_timeout {tuning.edge_read_timeout_s}s;" in files["edge.conf"]
+    reasons = {key: why for key, _, why in tuning.rows()}
+    assert "php-fpm" in reasons["fastcgi_read_timeout_s"] and reasons["edge_read_timeout_s"]

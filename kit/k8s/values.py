@@ -294,7 +294,7 @@ def chart_values(site: Site, tuning: Tuning, images: ImageSet, moodle_version: s
         "redis": {"persistence": {"size": "2Gi", "storageClass": ""}, "resources": res["redis"]},
         "ingress": {"enabled": True, "className": k8s.ingress_class or "", "tls": tls,
                     "tlsSecret": k8s.tls_secret or "", "clusterIssuer": k8s.cert_manager_issuer or "",
-                    "annotations": {}},
+                    "readTimeoutS": tuning.edge_read_timeout_s, "annotations": {}},
         "serviceAccount": {"create": True, "name": ""},
         "metrics": {
             "enabled": k8s.monitoring,
