@@ -46,6 +46,10 @@ PUBLIC_URL = os.environ.get("KIT_LT_PUBLIC_URL", "").rstrip("/")
 VERIFY = os.environ.get("KIT_LT_VERIFY", "1") != "0"
 if not VERIFY:
     urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+#: The exam journey: each locust process writes when its students had an attempt open and
+#: when they submitted it (the summary reports how long after the start the last one did).
+EXAM_DIR = os.environ.get("KIT_LT_EXAM_DIR")
+EXAM_TIMES: dict[str, list[float]] = {"opened": [], "submitted": []}
 FAIL_DIR = os.environ.get("KIT_LT_FAIL_DIR")  # failed responses are kept here for a person to read
 _saved_failures = itertools.count()
 TIMEOUT = (5, 30)
@@ -276,13 +280,24 @@ class ExamStudent(MoodleUser):
         fields = pages.form_inputs(attempt or "", form_id="responseform")
         if not fields:
             raise StopUser()
+        EXAM_TIMES["opened"].append(time.time())
         time.sleep(random.uniform(THINK_MIN, THINK_MAX) * 3)
         for name in [k for k in fields if k.endswith(":sequencecheck")]:
             fields[name.replace(":sequencecheck", "answer")] = random.choice(["0", "1"])
         fields["finishattempt"] = "1"
-        self.step("E5 submit attempt", "/mod/quiz/processattempt.php", method="POST", data=fields,
-                  redirect_to="/mod/quiz/review.php")
+        if self.step("E5 submit attempt", "/mod/quiz/processattempt.php", method="POST", data=fields,
+                     redirect_to="/mod/quiz/review.php") is not None:
+            EXAM_TIMES["submitted"].append(time.time())
         raise StopUser()
+
+
+@events.test_stop.add_listener
+def save_exam_times(environment, **_kwargs) -> None:
+    if JOURNEY != "exam" or not EXAM_DIR:
+        return
+    os.makedirs(EXAM_DIR, exist_ok=True)
+    with open(os.path.join(EXAM_DIR, f"exam-{os.getpid()}.json"), "w", encoding="utf-8") as fh:
+        json.dump(EXAM_TIMES, fh)
 
 
 if os.environ.get("KIT_LT_SHAPE") == "surge":

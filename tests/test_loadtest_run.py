@@ -1,9 +1,12 @@
 """SLO and duration parsing, and the SLO gate on locust's statistics."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from kit.errors import KitError
+from kit.loadtest import run as lt
 from kit.loadtest.run import SLO, StepStats, judge, parse_duration, parse_slo, read_stats
 
 
@@ -114,3 +117,16 @@ def test_ctrl_c_ends_a_real_locust_run_early_and_still_writes_its_report(tmp_pat
     assert "stopped by Ctrl-C after" in out, out[-2000:]
     summary = json.loads(next((tmp_path / "reports").rglob("summary.json")).read_text())
     assert summary["total"]["requests"] > 0 and summary["duration_s"] < 100
+
+
+def test_exam_times_merge_every_process_and_need_every_student(tmp_path):
+    folder = tmp_path / "exam"
+    folder.mkdir()
+    start = 1000.0
+    (folder / "exam-1.json").write_text(json.dumps({"opened": [1001.0, 1004.5], "submitted": [1010.0]}))
+    (folder / "exam-2.json").write_text(json.dumps({"opened": [1002.25], "submitted": [1012.0, 1020.75]}))
+    (folder / "exam-3.json").write_text(json.dumps({"opened": [], "submitted": []}))   # the master: no users
+    times = lt.exam_times(folder, start, students=3)
+    assert times == {"students": 3, "opened": 3, "submitted": 3, "all_open_s": 4.5, "all_submitted_s": 20.8}
+    short = lt.exam_times(folder, start, students=4)
+    assert short["all_open_s"] is None and short["all_submitted_s"] is None and short["opened"] == 3

@@ -85,6 +85,7 @@ class RunResult:
     slo_missed: list[str] = field(default_factory=list)
     failures: list[dict] = field(default_factory=list)
     out_dir: str = ""
+    exam: dict | None = None
 
     @property
     def passed(self) -> bool:
@@ -153,6 +154,13 @@ def print_table(result: RunResult) -> None:
         click.secho(line, bold=s is result.total, fg="red" if s.failures else None)
     for f in result.failures[:8]:
         click.secho(f"  failure x{f['count']} in {f['step']}: {f['error'][:140]}", fg="red")
+    if result.exam:
+        e = result.exam
+
+        def after(seconds: float | None) -> str:
+            return f"{seconds:.1f} s after the start" if seconds is not None else "not all"
+        click.echo(f"exam: {e['opened']} of {e['students']} attempts open ({after(e['all_open_s'])}), "
+                   f"{e['submitted']} submitted ({after(e['all_submitted_s'])})")
 
 
 @dataclass
@@ -192,6 +200,7 @@ class LocustJob:
         }
         if self.journey == "exam":
             env["KIT_LT_EXAM_START"] = str(time.time() + self.window_s + 5)
+            env["KIT_LT_EXAM_DIR"] = str(self.out_dir / "exam")
         if self.shape == "surge":
             env.update({"KIT_LT_SHAPE": "surge", "KIT_LT_PEAK": str(self.peak), "KIT_LT_STEP": str(self.step),
                         "KIT_LT_STEP_TIME": str(self.step_time_s)})
@@ -221,8 +230,9 @@ def run_locust(job: LocustJob, slos: list[SLO], label: str) -> RunResult:
     with tempfile.TemporaryDirectory(prefix="kit-locust-") as private:
         password_file = Path(private) / "password"
         write_private(password_file, job.password)
+        env = job.env(password_file)
         try:
-            run(cmd, env={**job.env(password_file), "KIT_LT_PASSWORD": ""}, quiet=True, check=True)
+            run(cmd, env={**env, "KIT_LT_PASSWORD": ""}, quiet=True, check=True)
         except KeyboardInterrupt:  # locust got the Ctrl-C too and wrote what it measured
             click.secho(f"==> {label}: stopped by Ctrl-C after {time.monotonic() - started:.0f}s of "
                         f"{duration:.0f}s; the figures cover what ran", fg="yellow", bold=True)
@@ -230,10 +240,29 @@ def run_locust(job: LocustJob, slos: list[SLO], label: str) -> RunResult:
     result = RunResult(label=label, users=job.users if job.shape != "surge" else job.peak,
                        duration_s=round(time.monotonic() - started, 1), steps=steps, total=total,
                        slo_missed=judge(total, slos), failures=read_failures(prefix), out_dir=str(job.out_dir))
+    if job.journey == "exam":
+        result.exam = exam_times(job.out_dir / "exam", float(env["KIT_LT_EXAM_START"]), result.users)
     (job.out_dir / "summary.json").write_text(json.dumps(
         {**result.as_dict(), "slos": [s.describe() for s in slos], "journey": job.journey, "shape": job.shape,
          "host": job.host}, indent=2) + "\n")
     return result
+
+
+def exam_times(folder: Path, start: float, students: int) -> dict:
+    """How long after the exam's start the last student had an attempt open, and the last
+    submitted it (None until every student did), from what each locust process wrote."""
+    opened: list[float] = []
+    submitted: list[float] = []
+    for part in sorted(folder.glob("exam-*.json")):
+        data = json.loads(part.read_text())
+        opened += data["opened"]
+        submitted += data["submitted"]
+
+    def last(times: list[float]) -> float | None:
+        return round(max(times) - start, 1) if times and len(times) >= students else None
+
+    return {"students": students, "opened": len(opened), "submitted": len(submitted),
+            "all_open_s": last(opened), "all_submitted_s": last(submitted)}
 
 
 def report_dir(base: Path, site_name: str) -> Path:

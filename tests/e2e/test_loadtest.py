@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import MEASURED
 from tests.e2e.conftest import SITE, TIMINGS, kit
 
 pytestmark = pytest.mark.e2e
@@ -105,6 +106,12 @@ def test_exam_start_surge(site_dir, seeded):
     by_step = {s["name"]: s for s in summary["steps"]}
     assert by_step["E4 start attempt"]["requests"] == 15
     assert by_step["E5 submit attempt"]["requests"] == 15
+    exam = summary["exam"]      # when the last student had the quiz open, and had submitted it
+    assert exam["opened"] == exam["submitted"] == 15
+    assert 0 < exam["all_open_s"] <= exam["all_submitted_s"] < 120, exam
+    assert "exam: 15 of 15 attempts open" in result.stdout
+    MEASURED["exam surge, 15 students: last attempt open / last submitted"] = (
+        f"{exam['all_open_s']} s / {exam['all_submitted_s']} s after the start")
 
 
 def test_capacity_finishes_in_announced_time(site_dir, seeded):
