@@ -49,6 +49,11 @@ class Measured:
     php_worker_rss_mb: float | None
     db_xacts: float | None
     measured_users_at_slo: int        # what the capacity search found (for comparison only)
+    # The host's CPU split into what each request adds and what runs whatever the load
+    # (cron, health checks, the monitoring): at light load the background is a large part of
+    # the per-request mean, which would make a request look dearer than it is.
+    host_marginal_ms: float = 0.0     # host CPU each further request adds (0: not fitted, use host_ms)
+    background_ms_s: float = 0.0      # host CPU per second that does not grow with requests
 
     @property
     def think_s(self) -> float:
@@ -69,10 +74,16 @@ class Measured:
                 hi = mid
         return lo
 
+    @property
+    def marginal_ms(self) -> float:
+        """Host CPU per request once the background is set apart (the mean when it was not fitted)."""
+        return self.host_marginal_ms or self.host_ms
+
     def users_at_slo(self, cores: int, per_request_ms: float, slo_ms: float = SLO_P95_MS) -> int:
-        """Concurrent users `cores` cores hold within the SLO when each request costs per_request_ms."""
+        """Concurrent users `cores` cores hold within the SLO when each request costs per_request_ms
+        on top of the background."""
         rho = self.rho_at_slo(cores, slo_ms)
-        rps = rho * cores * 1000.0 / per_request_ms
+        rps = max(rho * cores * 1000.0 - self.background_ms_s, 0.0) / per_request_ms
         avg_s = self.light_avg_ms / 1000.0 * _delay(rho, cores) / _delay(self.light_rho, self.cpus)
         return int(rps * (self.think_s + avg_s))
 
@@ -104,6 +115,8 @@ def load_report(path: str | Path) -> Measured:
     cpus = int(light["cost"].get("host_cpus") or (data.get("site") or {}).get("cpus") or 1)
     host_ms = mean(lambda lv: lv["cost"]["host_cpu_pct"] * 10.0 * lv["cost"]["seconds"] / lv["requests"])
     rate = light["rps"] / light["users"]
+    marginal, background = split_background(
+        [(lv["rps"], lv["cost"]["host_cpu_pct"] * 10.0) for lv in passed], host_ms)
     rss = [lv["cost"]["php_worker_rss_mb"] for lv in passed if lv["cost"].get("php_worker_rss_mb")]
     xacts = [lv["cost"]["db_xacts_per_request"] for lv in passed if lv["cost"].get("db_xacts_per_request")]
     return Measured(
@@ -112,7 +125,25 @@ def load_report(path: str | Path) -> Measured:
         light_users=light["users"], light_rho=min(light["cost"]["host_cpu_pct"] / 100.0 / cpus, 0.95),
         light_p95_ms=light["p95_ms"], light_avg_ms=light.get("avg_ms") or light["p50_ms"],
         php_worker_rss_mb=max(rss) if rss else None, db_xacts=sum(xacts) / len(xacts) if xacts else None,
-        measured_users_at_slo=int(data.get("capacity_users") or 0))
+        measured_users_at_slo=int(data.get("capacity_users") or 0),
+        host_marginal_ms=marginal, background_ms_s=background)
+
+
+def split_background(points: list[tuple[float, float]], mean_ms: float) -> tuple[float, float]:
+    """(ms per request, ms per second) of a least-squares line through (req/s, host CPU ms/s)
+    over the passing levels. Fewer than two distinct rates, or a line that says requests cost
+    nothing or the background is negative, gives (mean_ms, 0): no split."""
+    if len({rps for rps, _ in points}) < 2:
+        return mean_ms, 0.0
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    slope = (sum((x - mean_x) * (y - mean_y) for x, y in points)
+             / sum((x - mean_x) ** 2 for x, _ in points))
+    intercept = mean_y - slope * mean_x
+    if slope <= 0 or intercept < 0:
+        return mean_ms, 0.0
+    return slope, intercept
 
 
 @dataclass
@@ -128,15 +159,17 @@ def plan_for(measured: Measured, users: int, host_cpus: int, host_memory_mb: int
     # A real site has no load generator beside it; the host overhead (dockerd, kernel) scales with requests.
     overhead_ms = max(m.host_ms - m.site_ms - m.load_generator_ms, 0.0)
     site_ms = m.site_ms + overhead_ms
+    # What one more request costs on a site without a load generator, with the background apart.
+    marginal_ms = max(m.marginal_ms - m.load_generator_ms, 1.0)
     web_ms = m.tier_ms.get("web", 0.0) + m.tier_ms.get("web-nginx", 0.0)
     db_ms = m.tier_ms.get("db", 0.0)
     rest_ms = max(site_ms - web_ms - db_ms, 0.0)
     rps = users * m.rate_per_user
     rho = m.rho_at_slo(host_cpus, slo_ms)
-    cores_one_host = rps * site_ms / 1000.0 / max(rho, 0.05)
+    cores_one_host = (rps * marginal_ms + m.background_ms_s) / 1000.0 / max(rho, 0.05)
     if cores_one_host > host_cpus:   # a bigger host queues less at the same utilisation
         rho = m.rho_at_slo(math.ceil(cores_one_host), slo_ms)
-        cores_one_host = rps * site_ms / 1000.0 / max(rho, 0.05)
+        cores_one_host = (rps * marginal_ms + m.background_ms_s) / 1000.0 / max(rho, 0.05)
     busy_children = rps * m.light_avg_ms / 1000.0 * _delay(rho, max(host_cpus, math.ceil(cores_one_host))) \
         / _delay(m.light_rho, m.cpus)
     children = max(4, math.ceil(busy_children * FPM_HEADROOM))
@@ -156,9 +189,9 @@ def plan_for(measured: Measured, users: int, host_cpus: int, host_memory_mb: int
     return {
         "users": users,
         "request_rate": round(rps, 2),
-        "predicted_users_at_slo": m.users_at_slo(m.cpus, m.host_ms),
+        "predicted_users_at_slo": m.users_at_slo(m.cpus, m.marginal_ms),
         "measured_users_at_slo": m.measured_users_at_slo,
-        "this_host_holds": m.users_at_slo(host_cpus, site_ms, slo_ms),
+        "this_host_holds": m.users_at_slo(host_cpus, marginal_ms, slo_ms),
         # What `users` takes on each target (kit.capacity compares them with the plan).
         "needs": {"local_cores": round(cores_one_host, 2), "hosts_web_machines": web_machines,
                   "hosts_machine_cpus": machine_cpus, "k8s_web_pods": web_pods, "k8s_pod_cpus": K8S_POD_CPUS},
@@ -168,7 +201,8 @@ def plan_for(measured: Measured, users: int, host_cpus: int, host_memory_mb: int
             "local": [
                 ("request rate", *rate_line),
                 ("CPU cores", f"{cores_one_host:.1f}",
-                 f"measured {site_ms:.1f} ms CPU per request; modelled: p95 <= {slo_ms:.0f} ms up to {rho:.0%} busy "
+                 f"measured {marginal_ms:.1f} ms CPU per request + {m.background_ms_s / 1000.0:.2f} cores "
+                 f"whatever the load; modelled: p95 <= {slo_ms:.0f} ms up to {rho:.0%} busy "
                  f"(this host has {host_cpus}" + ("" if cores_one_host <= host_cpus else
                                                   ": too few, use target hosts or k8s") + ")"),
                 ("php-fpm children", str(children),

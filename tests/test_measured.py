@@ -6,6 +6,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from kit import measured
 from kit.cli import cli
 from kit.errors import KitError
 from kit.measured import load_report, plan_for
@@ -98,3 +99,21 @@ def test_cli_prints_each_target_and_what_was_measured(tmp_path, monkeypatch):
     assert as_json["assumed"]["hosts_machine_cpus"] == 16
     refused = CliRunner().invoke(cli, ["plan", "--users", "30", "--machine-cpus", "4"])
     assert refused.exit_code != 0 and "only with --from-report" in str(refused.exception)
+
+
+def test_background_cpu_is_set_apart_from_what_each_request_costs():
+    """Host CPU = background + rate x cost: at 3 req/s a 150 ms/s background makes the mean
+    cost 150 ms per request, though each request adds 100."""
+    points = [(rps, 150.0 + 100.0 * rps) for rps in (3.0, 6.0, 9.0, 12.0)]
+    assert measured.split_background(points, 140.0) == (pytest.approx(100.0), pytest.approx(150.0))
+    assert measured.split_background([(5.0, 700.0)], 140.0) == (140.0, 0.0)                  # one rate: no line
+    assert measured.split_background([(3.0, 100.0), (6.0, 400.0)], 140.0) == (140.0, 0.0)    # negative background
+
+
+def test_the_split_predicts_more_users_than_the_mean_cost_would():
+    base = dict(source="r", cpus=2, host_ms=150.0, site_ms=130.0, load_generator_ms=6.0, tier_ms={},
+                rate_per_user=0.6, light_users=5, light_rho=0.25, light_p95_ms=180.0, light_avg_ms=100.0,
+                php_worker_rss_mb=None, db_xacts=None, measured_users_at_slo=30)
+    mean_only = measured.Measured(**base)
+    split = measured.Measured(**base, host_marginal_ms=100.0, background_ms_s=150.0)
+    assert split.users_at_slo(2, split.marginal_ms) > mean_only.users_at_slo(2, mean_only.marginal_ms)
