@@ -117,6 +117,10 @@ class Database:
         with self.connect() as conn:
             return conn.execute(query, params).fetchone()  # type: ignore[arg-type]
 
+    def rows(self, query: sql.Composable | str, params: tuple[Any, ...] | dict[str, Any] | None = None) -> list[Any]:
+        with self.connect() as conn:
+            return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+
     def execute(self, *statements: sql.Composable | str) -> None:
         with self.connect() as conn:
             for statement in statements:
@@ -157,6 +161,19 @@ def moodle_setting(db: Database, name: Literal["version", "release"]) -> str | N
             return None
         raise
     return str(row[0]) if row and row[0] is not None else None
+
+
+def kit_plugin_versions(db: Database) -> dict[str, str]:
+    """The kit's own Moodle plugins as installed in the database (empty before `kit up` made
+    the function, or before Moodle was installed)."""
+    try:
+        rows = db.rows(sql.SQL("select plugin, version from {}.kit_plugin_versions()").format(
+            sql.Identifier(SCHEMA)))
+    except KitError as exc:
+        if "does not exist" in str(exc):
+            return {}
+        raise
+    return {str(plugin): str(version) for plugin, version in rows}
 
 
 # --- Moodle's own data (owner login) --------------------------------------------------------
@@ -204,6 +221,12 @@ create or replace function {schema}.moodle_signals(out cron_last_start_s bigint,
 create or replace function {schema}.moodle_setting(name text) returns text
   language sql stable security definer set search_path = public, pg_temp as $$
     select value from mdl_config where mdl_config.name = moodle_setting.name and name in ('version', 'release') $$;
+-- The installed versions of the kit's own Moodle plugins (`kit upgrade` compares the image's).
+create or replace function {schema}.kit_plugin_versions(out plugin text, out version text) returns setof record
+  language sql stable security definer set search_path = public, pg_temp as $$
+    select plugin, value from mdl_config_plugins
+     where name = 'version' and plugin in ('local_kit', 'cachestore_kitredis') $$;
+revoke all on function {schema}.kit_plugin_versions() from public;
 revoke all on function {schema}.adhoc_queue() from public;
 revoke all on function {schema}.moodle_setting(text) from public;
 revoke all on function {schema}.moodle_signals() from public;
@@ -219,9 +242,10 @@ def ensure_functions(owner: Database, monitor_user: str, *, as_role: str | None 
         conn.execute(sql.SQL(_FUNCTIONS).format(schema=sql.Identifier(SCHEMA)))
         statements: list[sql.Composed] = [
             sql.SQL("grant usage on schema {} to {}").format(sql.Identifier(SCHEMA), sql.Identifier(monitor_user)),
-            sql.SQL("grant execute on function {}.adhoc_queue(), {}.moodle_setting(text), {}.moodle_signals() "
-                    "to {}").format(sql.Identifier(SCHEMA), sql.Identifier(SCHEMA), sql.Identifier(SCHEMA),
-                                    sql.Identifier(monitor_user)),
+            sql.SQL("grant execute on function {}.adhoc_queue(), {}.moodle_setting(text), {}.moodle_signals(), "
+                    "{}.kit_plugin_versions() to {}").format(
+                sql.Identifier(SCHEMA), sql.Identifier(SCHEMA), sql.Identifier(SCHEMA), sql.Identifier(SCHEMA),
+                sql.Identifier(monitor_user)),
         ]
         for statement in statements:
             conn.execute(statement)

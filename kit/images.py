@@ -26,6 +26,9 @@ IMAGES_DIR = ROOT / "images"
 OFFLINE_BASE_TAG = "kit/debian:bookworm"
 BUILD_ENV = {"DOCKER_BUILDKIT": "0"}  # Debian's docker.io 20.10 ships no buildx
 SKIP_IN_CODE = {".git", "node_modules", ".github"}
+#: The kit's own Moodle plugins -> where the Moodle image has them (images/moodle/Dockerfile
+#: copies them there; a test keeps the two in step). A newer one needs Moodle's upgrade.
+KIT_PLUGINS = {"local_kit": "local/kit", "cachestore_kitredis": "cache/stores/kitredis"}
 
 
 def _hash(*parts: str | bytes) -> str:

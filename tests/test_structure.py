@@ -30,3 +30,14 @@ def test_no_psql_text_and_no_format_templates_parsed_back() -> None:
     files = sources()
     assert hits(files, r"\bpsql\b") == []
     assert hits(files, r"""["']--format["']|--format[= ]""") == []
+
+
+def test_the_moodle_image_copies_every_kit_plugin_where_the_kit_reads_its_version() -> None:
+    from kit.images import IMAGES_DIR, KIT_PLUGINS
+
+    dockerfile = (IMAGES_DIR / "moodle" / "Dockerfile").read_text()
+    copies = dict(re.findall(r"^COPY kit/(\w+)/ /var/www/moodle/(\S+?)/?$", dockerfile, flags=re.M))
+    assert copies == KIT_PLUGINS
+    for plugin in KIT_PLUGINS:
+        version = (IMAGES_DIR / "moodle" / "kit" / plugin / "version.php").read_text()
+        assert f"$plugin->component = '{plugin}';" in version

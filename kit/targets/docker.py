@@ -327,6 +327,23 @@ class DockerTarget(Target):
         rel = re.search(r"\$release\s*=\s*'([^']+)'", text)
         return (version.group(1) if version else "0"), (rel.group(1) if rel else "?")
 
+    def image_plugin_versions(self, image: str) -> dict[str, str]:
+        """The versions of the kit's own Moodle plugins in an image."""
+        found = {}
+        for plugin, folder in kit_images.KIT_PLUGINS.items():
+            text = self.builder.read_from_image(image, f"/var/www/moodle/{folder}/version.php")
+            version = re.search(r"\$plugin->version\s*=\s*([0-9]+)", text)
+            found[plugin] = version.group(1) if version else "0"
+        return found
+
+    def plugins_to_upgrade(self, image: str) -> list[str]:
+        """The kit's plugins the image carries newer than the database has (Moodle's upgrade
+        installs them, as it does a new Moodle version)."""
+        installed = db.kit_plugin_versions(self.monitor_db())
+        return [f"{plugin} {installed.get(plugin, 'none')} -> {version}"
+                for plugin, version in self.image_plugin_versions(image).items()
+                if int(version) > int(installed.get(plugin, "0"))]
+
     def running_images(self) -> ImageSet:
         """The images the site runs now (its last good release), so that scaling or rotating
         secrets never changes the release: an `--image-tag` upgrade is not in site.yaml."""
@@ -452,10 +469,15 @@ class DockerTarget(Target):
         new_version, new_release = self.image_moodle_version(images.moodle)
         kind = policy.upgrade_kind(db_version, new_version, restore_hint="restore a backup instead "
                                    "(`kit restore BACKUP`)")
+        plugins: list[str] = []
         if kind == "same":
+            self.ensure_monitoring()   # this kit's read functions (an older kit's lack kit_plugin_versions)
+            plugins = self.plugins_to_upgrade(images.moodle)
+        if kind == "same" and not plugins:
             release, totals = self.apply(images=images)
         else:
-            release, totals = self.upgrade_database(images, db_version, new_version, new_release, backup_now)
+            release, totals = self.upgrade_database(images, db_version, new_version, new_release, backup_now,
+                                                    plugins=plugins)
         self.require_ready("rolled out")
         if release is None:
             click.secho(f"No changes: the site already runs this release ({time.monotonic() - started:.0f}s).",
@@ -469,8 +491,12 @@ class DockerTarget(Target):
                                     "yourself, then rerun with --backup-now to confirm")
 
     def upgrade_database(self, images: ImageSet, db_version: str, new_version: str, new_release: str,
-                         backup_now: bool) -> tuple[releases.Release | None, dict[str, int]]:
-        click.secho(f"==> Moodle version upgrade: {db_version} -> {new_version} ({new_release})", bold=True)
+                         backup_now: bool, plugins: list[str] | None = None,
+                         ) -> tuple[releases.Release | None, dict[str, int]]:
+        if plugins:
+            click.secho(f"==> Moodle database upgrade for the kit's plugins: {', '.join(plugins)}", bold=True)
+        else:
+            click.secho(f"==> Moodle version upgrade: {db_version} -> {new_version} ({new_release})", bold=True)
         saved = self.recent_backup(backup_now)
         click.echo(f"    backup: {saved}")
         maintenance_started = time.monotonic()

@@ -45,6 +45,9 @@ $CFG->admin     = 'admin';
 $CFG->dataroot      = '/var/moodledata';
 $CFG->localcachedir = '/var/cache/moodle';
 $CFG->directorypermissions = 02770;
+// Each container lists the plugins of its own code (its image): in the shared cachedir, a
+// replica of the previous release rewrote the list without a plugin the new one carries.
+$CFG->alternative_component_cache = $CFG->localcachedir . '/core_component.php';
 
 // The per-container cache store (kit_local, under localcachedir) locks with Moodle's file
 // lock factory, which creates its 256 lock folders with a bare mkdir(): the first requests

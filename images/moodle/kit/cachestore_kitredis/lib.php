@@ -4,7 +4,7 @@
 // password, and the store has no edit form of its own, so no admin page can show one.
 defined('MOODLE_INTERNAL') || die();
 
-require_once($CFG->dirroot . '/cache/stores/redis/lib.php');
+require_once(__DIR__ . '/../redis/lib.php');   // included from inside functions: no $CFG here
 
 class cachestore_kitredis extends cachestore_redis {
     protected function new_redis(array $configuration): Redis|RedisCluster|null {
