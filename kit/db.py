@@ -225,7 +225,7 @@ create or replace function {schema}.moodle_setting(name text) returns text
 create or replace function {schema}.kit_plugin_versions(out plugin text, out version text) returns setof record
   language sql stable security definer set search_path = public, pg_temp as $$
     select plugin, value from mdl_config_plugins
-     where name = 'version' and plugin in ('local_kit', 'cachestore_kitredis') $$;
+     where name = 'version' and plugin in ({plugins}) $$;
 revoke all on function {schema}.kit_plugin_versions() from public;
 revoke all on function {schema}.adhoc_queue() from public;
 revoke all on function {schema}.moodle_setting(text) from public;
@@ -239,7 +239,10 @@ def ensure_functions(owner: Database, monitor_user: str, *, as_role: str | None 
     with owner.connect() as conn, conn.transaction():
         if as_role:
             conn.execute(sql.SQL("set local role {}").format(sql.Identifier(as_role)))
-        conn.execute(sql.SQL(_FUNCTIONS).format(schema=sql.Identifier(SCHEMA)))
+        from kit.images import KIT_PLUGINS  # the one list of the kit's own Moodle plugins
+
+        conn.execute(sql.SQL(_FUNCTIONS).format(schema=sql.Identifier(SCHEMA),
+                                                plugins=sql.SQL(", ").join(map(sql.Literal, KIT_PLUGINS))))
         statements: list[sql.Composed] = [
             sql.SQL("grant usage on schema {} to {}").format(sql.Identifier(SCHEMA), sql.Identifier(monitor_user)),
             sql.SQL("grant execute on function {}.adhoc_queue(), {}.moodle_setting(text), {}.moodle_signals(), "
