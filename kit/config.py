@@ -198,6 +198,17 @@ LEVERS: dict[str, str] = {
                  "instead of Debian's 5 children",
     "postgres_sized": "PostgreSQL memory, planner and WAL settings from `kit plan` instead of its defaults",
 }
+#: Levers the tuned profile leaves off on one target, each with the measurement that decided it
+#: (docs/performance.md, "Levers per target"). site.yaml's performance.levers still wins.
+TUNED_OFF_ON_TARGET: dict[str, dict[str, str]] = {
+    "local": {
+        "redis_sessions": "one host: the web replicas share moodledata's volume, so Moodle's file sessions "
+                          "need no network hop; with sessions and cache in files the tuned site cost 126-129 ms "
+                          "of CPU per request against 131-161 ms with Redis (S data, 20 users, docs/performance.md)",
+        "redis_cache": "one host: Moodle's file store on the replicas' shared volume; measured with "
+                       "redis_sessions (126-129 ms of CPU per request in files, 131-161 ms in Redis)",
+    },
+}
 Lever = Literal[tuple(LEVERS)]  # type: ignore[valid-type]  # built from LEVERS, so it cannot drift
 
 

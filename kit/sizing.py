@@ -10,7 +10,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from kit.config import LEVERS, Site
+from kit.config import LEVERS, TUNED_OFF_ON_TARGET, Site
 
 # Planning constants: each is a stated assumption, printed by `kit plan`.
 PHP_WORKER_MB = 80          # resident memory of one busy Moodle 4.5 php-fpm child
@@ -76,9 +76,16 @@ INT_FIELDS = ("web_replicas", "fpm_max_children", "fpm_start_servers", "fpm_min_
               "request_timeout_s", "fastcgi_read_timeout_s", "edge_read_timeout_s")
 
 
+def levers_off_by_target(site: Site) -> dict[str, str]:
+    """The tuned levers measured not to pay on this site's target, with the reason."""
+    return TUNED_OFF_ON_TARGET.get(site.target, {}) if site.performance.profile == "tuned" else {}
+
+
 def resolve_levers(site: Site) -> dict[str, bool]:
-    """Every lever on for the tuned profile, off for stock; site.yaml may flip single ones."""
-    return {name: site.performance.profile == "tuned" for name in LEVERS} | dict(site.performance.levers)
+    """The tuned profile turns on every lever that pays on its target, stock none; site.yaml
+    may flip single ones."""
+    tuned, off = site.performance.profile == "tuned", levers_off_by_target(site)
+    return {name: tuned and name not in off for name in LEVERS} | dict(site.performance.levers)
 
 
 def db_link_leaves_host(site: Site) -> bool:
@@ -152,9 +159,14 @@ def plan(site: Site, host: HostResources | None = None) -> Tuning:
     host = host or HostResources.for_site(site)
     users, cpus, ram = site.users, host.cpus, host.memory_mb
     why: dict[str, str] = {}
-    levers = resolve_levers(site)
-    for name, _on in levers.items():
-        source = "site.yaml performance.levers" if name in site.performance.levers else f"profile {site.performance.profile}"
+    levers, off = resolve_levers(site), levers_off_by_target(site)
+    for name in levers:
+        if name in site.performance.levers:
+            source = "site.yaml performance.levers"
+        elif name in off:
+            source = f"off on target {site.target}: {off[name]}"
+        else:
+            source = f"profile {site.performance.profile}"
         why[f"lever.{name}"] = f"{LEVERS[name]} ({source})"
 
     # --- PHP tier -------------------------------------------------------------------

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from kit.config import LEVERS, load_site
+from kit.config import LEVERS, TUNED_OFF_ON_TARGET, load_site
 from kit.errors import KitError
 from kit.render import driver_vars, render_files
 from kit.sizing import DEBIAN_FPM, plan
@@ -30,12 +30,16 @@ def pg_settings(conf: str) -> dict[str, str]:
     return dict(re.findall(r"^(\w+) = '([^']*)'$", conf, re.M))
 
 
-def test_tuned_is_the_default_and_turns_every_lever_on(site_dir, fake_moodle):
-    tuning, files = files_for(make(site_dir, fake_moodle))
-    assert tuning.levers == {name: True for name in LEVERS}
+def test_tuned_is_the_default_and_turns_on_every_lever_that_pays_on_one_host(site_dir, fake_moodle):
+    site = make(site_dir, fake_moodle)
+    tuning, files = files_for(site)
+    assert tuning.levers == {name: name not in TUNED_OFF_ON_TARGET["local"] for name in LEVERS}
+    assert {"redis_sessions", "redis_cache"} <= set(TUNED_OFF_ON_TARGET["local"])
     assert "'dbpersist' => true," in files["config.php"]
     assert "'ssl' => 'prefer'," in files["config.php"]
-    assert "\\core\\session\\redis" in files["config.php"]
+    assert "session_handler_class" not in files["config.php"]          # files on the replicas' shared volume
+    assert driver_vars(site, tuning, IMAGES, files)["kit_app_cache"] == "file"
+    assert tuning.reasons["lever.redis_cache"].endswith(f"(off on target local: {TUNED_OFF_ON_TARGET['local']['redis_cache']})")
     assert pg_settings(files["postgresql.conf"])["ssl"] == "off"
     assert "ssl_cert_file" not in files["postgresql.conf"]
     assert "opcache.validate_timestamps = 1" in files["php.ini"]    # Moodle writes PHP into moodledata
@@ -91,7 +95,12 @@ def test_one_lever_on_stock_changes_only_its_own_files(site_dir, fake_moodle, le
 def test_links_to_other_machines_get_verified_tls(site_dir, fake_moodle):
     hosts = {"machines": [{"name": "data", "address": "10.0.0.10", "roles": ["edge", "db", "redis", "cron"]},
                           {"name": "app1", "address": "10.0.0.11", "roles": ["web", "worker"]}]}
-    tuning, files = files_for(make(site_dir, fake_moodle, target="hosts", hosts=hosts))
+    site = make(site_dir, fake_moodle, target="hosts", hosts=hosts)
+    tuning, files = files_for(site)
+    assert tuning.levers == {name: True for name in LEVERS}     # replicas on other machines share no disk
+    assert driver_vars(site, tuning, IMAGES, files)["kit_app_cache"] == "redis"
+    assert "\\core\\session\\redis" in files["config.php"]
+    assert "session_redis_acquire_lock_retry" in files["config.php"]
     assert pg_settings(files["postgresql.conf"])["ssl"] == "on"
     assert "'ssl' => 'verify-full'," in files["config.php"]
     assert "'dbpersist' => true," in files["config.php"]
@@ -100,6 +109,15 @@ def test_links_to_other_machines_get_verified_tls(site_dir, fake_moodle):
     assert "hostnossl all all 0.0.0.0/0       reject" in files["pg_hba.conf"]
     assert "port 0\ntls-port 6379" in files["redis.conf"]
     assert "$CFG->session_redis_host = '127.0.0.1';" in files["config.php"]   # through the local TLS tunnel
+
+
+def test_site_yaml_turns_redis_back_on_for_one_host(site_dir, fake_moodle):
+    site = make(site_dir, fake_moodle, {"levers": {"redis_sessions": True, "redis_cache": True}})
+    tuning, files = files_for(site)
+    assert tuning.levers == {name: True for name in LEVERS}
+    assert "\\core\\session\\redis" in files["config.php"]
+    assert driver_vars(site, tuning, IMAGES, files)["kit_app_cache"] == "redis"
+    assert tuning.reasons["lever.redis_cache"].endswith("(site.yaml performance.levers)")
 
 
 def test_unknown_lever_and_k8s_overrides_are_refused(site_dir, fake_moodle):

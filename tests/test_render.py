@@ -59,8 +59,7 @@ def test_fpm_pool_and_nginx_follow_the_plan(site):
 
 def test_config_php_is_cluster_ready(site):
     php = render_files(site, plan(site, HOST_2x24))["config.php"]
-    for needle in ("$CFG->wwwroot   = 'https://lms.example.edu';", "$CFG->sslproxy  = true;",
-                   "\\core\\session\\redis", "session_redis_acquire_lock_retry", "X-Accel-Redirect",
+    for needle in ("$CFG->wwwroot   = 'https://lms.example.edu';", "$CFG->sslproxy  = true;", "X-Accel-Redirect",
                    "$CFG->localcachedir = '/var/cache/moodle';", "disableupdateautodeploy = true",
                    "$CFG->cronclionly = true;", "postgres_lock_factory",
                    "[$CFG->dbuser, $CFG->dbpass] = $kit_db_login;", "kit_secret('db_login')",

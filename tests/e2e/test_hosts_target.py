@@ -93,6 +93,26 @@ def test_up_spreads_the_site_over_the_machines(hosts_site):
     assert again.returncode == 0 and "No changes" in again.stdout, again.stdout[-3000:]
 
 
+def test_sessions_and_application_cache_are_in_redis_across_machines(hosts_site):
+    """Web machines share no disk, so the tuned plan keeps sessions and the application cache
+    in Redis there (on one host they stay in files), through the kit's store plugin, whose
+    configuration (shown on Moodle's cache pages) holds no password."""
+    _, th = hosts_site
+    machine = next(m for m, roles in MACHINES.items() if "web" in roles)
+    replica = on(th, machine, "docker", "ps", "--filter", f"label=kit.site={SITE}", "--filter", "label=kit.role=web",
+                 "--format", "{{.Names}}").split()[0]
+    script = ("<?php define('CLI_SCRIPT', true); require '/var/www/moodle/config.php';\n"
+              "$w = cache_config_writer::instance(); $s = $w->get_all_stores()['kit_redis'] ?? [];\n"
+              "echo $CFG->session_handler_class ?? 'files', ' ', $s['plugin'] ?? '-', ' ',"
+              " json_encode($s['configuration'] ?? []), \"\\n\";\n"
+              "foreach ($w->get_mode_mappings() as $m) { echo $m['mode'], '=', $m['store'], \"\\n\"; }\n")
+    out = th.run(machine, "docker", "exec", "-i", "-u", "www-data", replica, "php", input_text=script).stdout
+    first, *mappings = out.splitlines()
+    handler, plugin, configuration = first.split(" ", 2)
+    assert handler == "\\core\\session\\redis" and plugin == "kitredis", out
+    assert "password" not in configuration and "1=kit_redis" in mappings, out
+
+
 def test_postgresql_and_redis_across_machines_take_tls_only(hosts_site):
     """From this machine (not the data machine): TLS with the site CA's certificates is
     accepted, a plain-text client is refused. The site itself serving pages proves the Moodle
