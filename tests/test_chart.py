@@ -8,6 +8,7 @@ defaults, an external database, CloudNativePG + pgbouncer + KEDA, and a 20000-us
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 from functools import cache
@@ -476,6 +477,21 @@ def test_config_php_points_at_the_charts_own_services(name):
             env = env_of(c)
             if "KIT_DB_HOST" in env:
                 assert env["KIT_DB_HOST"]["value"] == db and env["KIT_REDIS_HOST"]["value"] == redis
+
+
+def test_the_application_cache_store_follows_the_lever_in_every_moodle_pod():
+    """configure.php (install Job) maps the cache where KIT_APP_CACHE says: from the plan's lever
+    redis_cache, on by default on k8s (pods share no local disk); a site that turns it off gets
+    files in every pod, the install Job included."""
+    assert yaml.safe_load((CHART / "values.yaml").read_text())["redis"]["applicationCache"] is True
+    for cache_on in (True, False):
+        seen = {env_of(c)["KIT_APP_CACHE"]["value"]
+                for _, spec in pod_specs(render({"redis": {"applicationCache": cache_on}}))
+                for c in spec["containers"] if "KIT_DB_HOST" in env_of(c)}
+        assert seen == {"redis" if cache_on else "file"}
+    site, tuning = site_and_plan("signin")
+    off = dataclasses.replace(tuning, levers={**tuning.levers, "redis_cache": False})
+    assert chart_values(site, off, IMAGES, MOODLE_VERSION)["redis"]["applicationCache"] is False
 
 
 # --- the rest of what the issue asks -------------------------------------------------------------

@@ -8,6 +8,7 @@ here to the machines that lack them (`docker save | ssh docker load`).
 from __future__ import annotations
 
 import atexit
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -155,18 +156,24 @@ class HostsTarget(DockerTarget):
 
     def ship_images(self, images: ImageSet) -> None:
         """Copy the images each machine needs and lacks: re-tag one already there under
-        another name, else `docker save | ssh docker load`."""
+        another name, else one `docker save A B ... | ssh docker load` per machine. One
+        stream carries the layers the images share (the web image is the Moodle image plus
+        nginx) once, not once per image."""
         click.secho("==> Ship images to the machines that lack them", bold=True)
         for machine in self.site.hosts.machines:
             engine = self.engines()[machine.name]
+            missing = []
             for image in self.images_needed(machine, images):
                 if engine.image_exists(image):
                     continue
                 if engine.tag(self.builder.image_id(image), image):
                     click.echo(f"    {image} -> {machine.name}: same image already there, tagged")
                     continue
-                pipe(["docker", "save", image], [*self.ssh(machine), "docker", "load", "-q"])
-                click.echo(f"    {image} -> {machine.name}")
+                missing.append(image)
+            if missing:
+                started = time.monotonic()
+                pipe(["docker", "save", *missing], [*self.ssh(machine), "docker", "load", "-q"])
+                click.echo(f"    {', '.join(missing)} -> {machine.name} ({time.monotonic() - started:.0f} s)")
 
     # --- what hosts does not do (yet) ----------------------------------------------------------------
     refusals = {

@@ -113,6 +113,9 @@ def test_sessions_and_application_cache_live_where_the_plan_puts_them(site):
                         "{ echo $m['mode'], '=', $m['store'], \"\\n\"; }").split()
     if not tuning.levers["redis_cache"]:
         assert "1=default_application" in stores and "1=kit_redis" not in stores, stores
+        # Not even unmapped: the install step and the cron runner read the same lever.
+        every_store = moodle_php("echo implode(' ', array_keys(cache_config_writer::instance()->get_all_stores()));")
+        assert "kit_redis" not in every_store.split() and "kit_local" not in every_store.split(), every_store
         return
     assert "1=kit_redis" in stores, stores
     # The kit's store plugin reads the password from the secret file: Moodle's config has none.

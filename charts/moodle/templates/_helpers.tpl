@@ -185,6 +185,9 @@ capabilities:
   value: {{ include "moodle.database.host" .ctx | quote }}
 - name: KIT_REDIS_HOST
   value: {{ include "moodle.redis.host" .ctx | quote }}
+{{- /* configure.php (install Job) maps the application cache to it: the lever redis_cache. */}}
+- name: KIT_APP_CACHE
+  value: {{ ternary "redis" "file" .ctx.Values.redis.applicationCache | quote }}
 {{- end -}}
 
 {{/* Mounts of every Moodle PHP container: the same paths as the kit's Docker target. */}}

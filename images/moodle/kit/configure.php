@@ -30,7 +30,8 @@ $writer = cache_config_writer::instance();
 $changes = [];
 $stores = $writer->get_all_stores();
 if ($appstore !== $storename) {
-    // Nothing to set up on Redis.
+    // Nothing to set up on Redis. A Redis store the kit added earlier (the lever was on, or
+    // an older kit) is emptied and removed once nothing maps to it any more: see below.
 } else if (!isset($stores[$storename])) {
     $writer->add_store_instance($storename, $storeplugin, $wanted);
     $changes[] = 'added Redis store';
@@ -85,6 +86,24 @@ $mappings = [
 if (($current[store::MODE_APPLICATION] ?? []) !== [$appstore]) {
     $writer->set_mode_mappings($mappings);
     $changes[] = "application cache mapped to $appstore";
+}
+
+// The lever off: the kit's Redis store and its local one, now unmapped, are emptied and
+// removed, so Redis holds no stale application cache (a later switch back would serve it)
+// and Moodle's cache admin page lists no store the site does not use.
+foreach ([$storename => 'Redis store', $localname => 'local file store'] as $name => $what) {
+    if ($appstore === $storename || !isset($writer->get_all_stores()[$name])) {
+        continue;
+    }
+    $inuse = false;
+    foreach (array_merge($writer->get_mode_mappings(), $writer->get_definition_mappings()) as $mapping) {
+        $inuse = $inuse || $mapping['store'] === $name;
+    }
+    if (!$inuse) {
+        cache_helper::purge_store($name);
+        $writer->delete_store_instance($name);
+        $changes[] = "removed $what";
+    }
 }
 
 if ($changes) {

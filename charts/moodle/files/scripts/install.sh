@@ -1,7 +1,7 @@
 #!/bin/sh
 # The install Job, created by every release and idempotent: Moodle's CLI install when the
 # database is empty (first rollout only), then the kit's cluster and sign-in settings kept in
-# Moodle's own store (the application cache on Redis), exactly as `kit up` does on hosts.
+# Moodle's own store (the application cache where KIT_APP_CACHE says), exactly as `kit up` does.
 set -eu
 . /opt/kit-chart/lib.sh
 wait_for_database
