@@ -102,7 +102,10 @@ class Slapd:
         self.ldap("ldapadd", "\n".join(entries))
 
 
-@pytest.fixture(scope="module")
+# Session-scoped, like the shared site they are configured on: once this module applied the
+# directory and the issuer, Moodle keeps using them (the LDAP sync task, the adhoc updates
+# a directory sign-in queues), and a later test's `kit doctor` would see those tasks fail.
+@pytest.fixture(scope="session")
 def directory(tmp_path_factory):
     server = Slapd(tmp_path_factory.mktemp("slapd"))
     server.start()
@@ -149,7 +152,7 @@ class IdentityProvider:
         self.server.shutdown()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def idp(tmp_path_factory):
     with IdentityProvider(tmp_path_factory.mktemp("idp")) as server:
         yield server
