@@ -309,7 +309,7 @@ def doctor_cmd(site_path: str) -> None:
     _print_checks(checks, fail_to_stderr=True)
     if refused_by_up:
         raise KitError(f"doctor found {len(failed)} problem(s): fix the lines marked FAIL above "
-                       f"(`kit up` would refuse the same {refused_by_up})")
+                       f"(`kit up` refuses for {refused_by_up} of them)")
     if failed:
         # The running site's state (replicas, queue, monitoring): `kit up` still runs, and may be the fix.
         raise KitError(f"doctor found {len(failed)} problem(s) on the running site: fix the lines marked "

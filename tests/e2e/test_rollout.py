@@ -96,6 +96,11 @@ def test_fpm_pool_has_planned_max_children(site):
     assert f"process manager:      {'static' if tuning.fpm_static else 'dynamic'}" in status
 
 
+def redis_keys(site) -> str:
+    return sh("docker", "exec", "-i", f"kit-{SITE}-redis", "sh", "-c", 'REDISCLI_AUTH="$(cat)" redis-cli --scan',
+              stdin=load_secrets(site)["redis_password"])
+
+
 def test_sessions_and_application_cache_live_where_the_plan_puts_them(site):
     """On one host the replicas share moodledata, so sessions and the application cache stay
     in Moodle's files there (levers redis_* off: measured cheaper); site.yaml can put them in
@@ -105,8 +110,7 @@ def test_sessions_and_application_cache_live_where_the_plan_puts_them(site):
     for _ in range(3 * tuning.web_replicas):     # the edge spreads these over the replicas
         page = session.get(f"{site.url}/user/profile.php", timeout=30)
         assert page.status_code == 200 and "logintoken" not in page.text, page.url
-    keys = sh("docker", "exec", "-i", f"kit-{SITE}-redis", "sh", "-c", 'REDISCLI_AUTH="$(cat)" redis-cli --scan',
-              stdin=load_secrets(site)["redis_password"]).split()
+    keys = redis_keys(site).split()
     assert any(k.startswith("sess_") for k in keys) == tuning.levers["redis_sessions"], keys[:20]
     assert any(k.startswith("muc_") for k in keys) == tuning.levers["redis_cache"], keys[:20]
     stores = moodle_php("$w = cache_config_writer::instance(); foreach ($w->get_mode_mappings() as $m) "
@@ -116,6 +120,17 @@ def test_sessions_and_application_cache_live_where_the_plan_puts_them(site):
         # Not even unmapped: the install step and the cron runner read the same lever.
         every_store = moodle_php("echo implode(' ', array_keys(cache_config_writer::instance()->get_all_stores()));")
         assert "kit_redis" not in every_store.split() and "kit_local" not in every_store.split(), every_store
+        # A site whose cache was in Redis (an older kit, or the lever on): the next configure,
+        # with the container's own lever, maps files and leaves nothing behind in Redis.
+        switched = sh("docker", "exec", "-e", "KIT_APP_CACHE=redis", f"kit-{SITE}-cron", "/opt/kit/entrypoint.sh",
+                      "configure")
+        assert "mapped to kit_redis" in switched, switched
+        requests.get(f"{site.url}/login/index.php", timeout=30)
+        assert "muc_" in redis_keys(site), "the Redis cache was not used while mapped"
+        back = sh("docker", "exec", f"kit-{SITE}-cron", "/opt/kit/entrypoint.sh", "configure")
+        assert "removed Redis store" in back and "removed local file store" in back, back
+        assert not [k for k in redis_keys(site).split() if k.startswith("muc_")]
+        assert sh("docker", "exec", f"kit-{SITE}-cron", "/opt/kit/entrypoint.sh", "configure").startswith("kit: ok")
         return
     assert "1=kit_redis" in stores, stores
     # The kit's store plugin reads the password from the secret file: Moodle's config has none.
