@@ -149,6 +149,13 @@ class Engine:
         except docker.errors.ImageNotFound:
             raise KitError(f"image {tag} is not on {self.where}") from None
 
+    def image_size(self, tag: str) -> int:
+        """Bytes of the image's layers (about the size of its `docker save` archive)."""
+        try:
+            return int(self.client.images.get(tag).attrs.get("Size") or 0)
+        except docker.errors.ImageNotFound:
+            raise KitError(f"image {tag} is not on {self.where}") from None
+
     def tag(self, image_id: str, tag: str) -> bool:
         """Give an image already here another tag; False when the image is not here."""
         repository, _, version = tag.rpartition(":")

@@ -156,6 +156,19 @@ def from_file(cmd: Sequence[str], source: Path, *, what: str | None = None, quie
     return proc.returncode
 
 
+def feed_file(cmd: Sequence[str], source: Path) -> None:
+    """cmd < source (e.g. `ssh HOST docker load < images.tar`), checked: its last error line on failure."""
+    click.secho(f"$ {show(cmd)} < {source.name}", fg="cyan", err=True)
+    with source.open("rb") as stdin:
+        try:
+            proc = subprocess.run([str(c) for c in cmd], stdin=stdin, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise _not_found(cmd) from None
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise CommandFailed(f"{show(cmd)} < {source.name} failed: {last}")
+
+
 def pipe(producer: Sequence[str], consumer: Sequence[str]) -> None:
     """producer | consumer (e.g. `docker save IMAGE | ssh HOST docker load`), both checked."""
     click.secho(f"$ {show(producer)} | {show(consumer)}", fg="cyan", err=True)

@@ -8,10 +8,13 @@ here to the machines that lack them (`docker save | ssh docker load`).
 from __future__ import annotations
 
 import atexit
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
+from pathlib import Path
 
 import click
 import docker
@@ -25,7 +28,7 @@ from kit.identity import Owner
 from kit.images import ImageSet
 from kit.monitoring import Monitor
 from kit.render import topology_for
-from kit.runner import Tunnel, capture, pipe
+from kit.runner import Tunnel, capture, feed_file, pipe, to_file
 from kit.targets import certs
 from kit.targets.docker import DockerTarget
 
@@ -33,6 +36,8 @@ from kit.targets.docker import DockerTarget
 IMAGES_FOR_ROLE = {"edge": ("edge",), "db": ("postgres",), "redis": ("redis",), "cron": ("moodle",),
                    "worker": ("moodle",), "web": ("moodle", "web")}
 REMOTE_DOCKER_SOCKET = "/var/run/docker.sock"
+#: Free space left beside the saved images (the machine's own builds and logs need room too).
+DISK_MARGIN = 2 * 2**30
 
 
 class HostsTarget(DockerTarget):
@@ -155,25 +160,58 @@ class HostsTarget(DockerTarget):
         return [wanted[key] for key in sorted(keys)]
 
     def ship_images(self, images: ImageSet) -> None:
-        """Copy the images each machine needs and lacks: re-tag one already there under
-        another name, else one `docker save A B ... | ssh docker load` per machine. One
-        stream carries the layers the images share (the web image is the Moodle image plus
-        nginx) once, not once per image."""
+        """Copy the images each machine needs and lacks. One already there under another name
+        is re-tagged. The rest go as one `docker save` archive per set of images (the layers
+        the set shares go once), written once to an owner-only file under build/ and loaded on
+        each machine that lacks that set, one machine after another. Measured on a 2-core
+        host with the Moodle and web images (1.3 GB): `docker save | ssh docker load` took
+        106-126 s per machine; saving once took 22 s and loading from the file 55 s per
+        machine; two machines loading at once took as long as loading both in turn."""
         click.secho("==> Ship images to the machines that lack them", bold=True)
+        sets: dict[tuple[str, ...], list[Machine]] = {}
         for machine in self.site.hosts.machines:
-            engine = self.engines()[machine.name]
-            missing = []
-            for image in self.images_needed(machine, images):
-                if engine.image_exists(image):
-                    continue
-                if engine.tag(self.builder.image_id(image), image):
-                    click.echo(f"    {image} -> {machine.name}: same image already there, tagged")
-                    continue
-                missing.append(image)
+            missing = tuple(self._images_missing(machine, images))
             if missing:
-                started = time.monotonic()
-                pipe(["docker", "save", *missing], [*self.ssh(machine), "docker", "load", "-q"])
-                click.echo(f"    {', '.join(missing)} -> {machine.name} ({time.monotonic() - started:.0f} s)")
+                sets.setdefault(missing, []).append(machine)
+        if not sets:
+            return
+        self.site.build_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="images-", dir=self.site.build_dir) as folder:
+            for number, (missing, machines) in enumerate(sets.items()):
+                archive = Path(folder) / f"images-{number}.tar"
+                needed = sum(self.builder.image_size(image) for image in missing)
+                streamed = shutil.disk_usage(folder).free < needed + DISK_MARGIN
+                if streamed:
+                    click.echo(f"    {needed / 2**30:.1f} GB of images and too little free space in "
+                               f"{self.site.build_dir}: streaming to each machine instead")
+                else:
+                    started = time.monotonic()
+                    to_file(["docker", "save", *missing], archive)
+                    click.echo(f"    {', '.join(missing)}: saved once, {archive.stat().st_size / 2**30:.1f} GB "
+                               f"({time.monotonic() - started:.0f} s)")
+                for machine in machines:
+                    started = time.monotonic()
+                    load = [*self.ssh(machine), "docker", "load", "-q"]
+                    if streamed:
+                        pipe(["docker", "save", *missing], load)
+                    else:
+                        feed_file(load, archive)
+                    click.echo(f"    {', '.join(missing)} -> {machine.name} ({time.monotonic() - started:.0f} s)")
+                archive.unlink(missing_ok=True)
+
+    def _images_missing(self, machine: Machine, images: ImageSet) -> list[str]:
+        """The images this machine needs and has under no name (one it has under another
+        name is tagged here)."""
+        engine = self.engines()[machine.name]
+        missing = []
+        for image in self.images_needed(machine, images):
+            if engine.image_exists(image):
+                continue
+            if engine.tag(self.builder.image_id(image), image):
+                click.echo(f"    {image} -> {machine.name}: same image already there, tagged")
+                continue
+            missing.append(image)
+        return missing
 
     # --- what hosts does not do (yet) ----------------------------------------------------------------
     refusals = {

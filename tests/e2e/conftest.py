@@ -258,9 +258,10 @@ def site(site_dir):
 
 class Load:
     """A `kit loadtest run` of 20 users in the background for the length of a rollout: it
-    starts 10 s before the rollout and ends (Ctrl-C, as an operator would) 5 s after it,
+    starts LEAD_S before the rollout and ends (Ctrl-C, as an operator would) 5 s after it,
     or at `seconds` if that comes first."""
 
+    LEAD_S = 6      # 20 users spawn in 1 s and log in within 2-3 s (locust's log)
     TAIL_S = 5
 
     def __init__(self, site_dir: Path, seconds: int, *extra: str, site: str = SITE):
@@ -275,7 +276,7 @@ class Load:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
-        time.sleep(10)  # users logged in and walking before the rollout starts
+        time.sleep(self.LEAD_S)  # users logged in and walking before the rollout starts
         return self
 
     def _read(self) -> None:

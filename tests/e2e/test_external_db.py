@@ -42,6 +42,11 @@ def external(site_dir, tmp_path_factory):
                      "--port", str(free_port()), "--base-image", OFFLINE_BASE_TAG, "--database-external", dsn,
                      "--db-password-stdin", cwd=folder, stdin=password + "\n")
         assert result.returncode == 0, result.stderr
+        # Its figures come from PostgreSQL through the monitoring role, not from Prometheus:
+        # the monitoring stack stays off (it is tested on the shared site), to keep CI's time.
+        site = yaml.safe_load((folder / "site.yaml").read_text())
+        site["monitoring"] = {"enabled": False}
+        (folder / "site.yaml").write_text(yaml.safe_dump(site, sort_keys=False))
         try:
             started = time.monotonic()
             result = kit("up", cwd=folder)
