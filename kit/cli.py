@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import click
 
 from kit import __version__, capacity, config, doctor, identity, images, sizing
+from kit.db import queue_line
 from kit.errors import EXIT_BUG, EXIT_FAILED, EXIT_USAGE, KitError, UsageError
 from kit.targets import Target, target_for
 
@@ -375,8 +376,7 @@ def status(as_json: bool, site_path: str) -> None:
         if st.http:
             click.echo(f"  http     {st.http}")
         if st.queue:
-            click.echo(f"  queue    {st.queue['queued']} adhoc tasks queued ({st.queue['due']} due), "
-                       f"oldest overdue {st.queue['oldest_age_s']}s, {st.queue['failing']} failing")
+            click.echo(f"  queue    {queue_line(st.queue)}")
         for line, line_colour in st.lines:
             click.secho(line, fg=line_colour)
     if not st.ready:

@@ -57,6 +57,10 @@ class Login:
     password: str
 
 
+#: How many failing task classes the queue reading names.
+FAILING_CLASSES = 3
+
+
 @dataclass(frozen=True)
 class Queue:
     """Moodle's adhoc queue as its own check (tool_task adhocqueue) sees it."""
@@ -65,9 +69,31 @@ class Queue:
     due: int
     oldest_age_s: int
     failing: int
+    #: (task class, tasks) of the failing ones, most first, at most FAILING_CLASSES of them: what
+    #: an operator looks up first (a failing LDAP sync task means the directory is unreachable).
+    failing_classes: tuple[tuple[str, int], ...] = ()
 
-    def as_dict(self) -> dict[str, int]:
-        return {"queued": self.queued, "due": self.due, "oldest_age_s": self.oldest_age_s, "failing": self.failing}
+    def as_dict(self) -> dict[str, Any]:
+        return {"queued": self.queued, "due": self.due, "oldest_age_s": self.oldest_age_s, "failing": self.failing,
+                "failing_classes": {name: count for name, count in self.failing_classes}}
+
+    def failing_text(self) -> str:
+        return failing_text(self.failing, dict(self.failing_classes))
+
+
+def queue_line(queue: dict[str, Any]) -> str:
+    """A queue reading (Queue.as_dict, as `kit status --json` gives it) in one line."""
+    return (f"{queue['queued']} adhoc tasks queued ({queue['due']} due), oldest overdue {queue['oldest_age_s']}s, "
+            + failing_text(int(queue["failing"]), dict(queue.get("failing_classes") or {})))
+
+
+def failing_text(failing: int, classes: dict[str, int]) -> str:
+    """'0 failing', or '2 failing: \\auth_ldap\\task\\asynchronous_sync_task x2' (status and doctor)."""
+    if not failing or not classes:
+        return f"{failing} failing"
+    more = failing - sum(classes.values())
+    return (f"{failing} failing: " + ", ".join(f"{name} x{count}" for name, count in classes.items())
+            + (f" and {more} more" if more > 0 else ""))
 
 
 @dataclass(frozen=True)
@@ -142,15 +168,27 @@ def transactions(db: Database) -> int:
 
 
 def queue(db: Database) -> Queue | None:
-    """None before Moodle is installed (or before `kit up` made the kit's functions)."""
+    """None before Moodle is installed (or before `kit up` made the kit's functions). One
+    query: the figures and the failing tasks' classes."""
+    with_classes = sql.SQL(
+        "select q.*, coalesce((select json_agg(json_build_array(f.classname, f.tasks)) from {}.adhoc_failing() f), "
+        "'[]') from {}.adhoc_queue() q").format(sql.Identifier(SCHEMA), sql.Identifier(SCHEMA))
     try:
-        row = db.one(sql.SQL("select * from {}.adhoc_queue()").format(sql.Identifier(SCHEMA)))
+        row = db.one(with_classes)
     except KitError as exc:
-        if "does not exist" in str(exc):
-            return None
-        raise
-    queued, oldest, due, failing = row
-    return Queue(queued=int(queued), due=int(due), oldest_age_s=int(oldest), failing=int(failing))
+        if "adhoc_failing" not in str(exc) or "does not exist" not in str(exc):
+            if "does not exist" in str(exc):
+                return None
+            raise
+        try:   # a site `kit up` has not rolled out since the function came: the count alone
+            row = (*db.one(sql.SQL("select * from {}.adhoc_queue()").format(sql.Identifier(SCHEMA))), [])
+        except KitError as again:
+            if "does not exist" in str(again):
+                return None
+            raise
+    queued, oldest, due, failing, classes = row
+    return Queue(queued=int(queued), due=int(due), oldest_age_s=int(oldest), failing=int(failing),
+                 failing_classes=tuple((str(name), int(count)) for name, count in classes))
 
 
 def moodle_setting(db: Database, name: Literal["version", "release"]) -> str | None:
@@ -205,6 +243,11 @@ create or replace function {schema}.adhoc_queue(out queued bigint, out oldest_ag
            count(*) filter (where nextruntime <= extract(epoch from now())),
            count(*) filter (where faildelay > 0)
       from mdl_task_adhoc $$;
+-- The failing adhoc tasks' classes (never their custom data), most first.
+create or replace function {schema}.adhoc_failing(out classname text, out tasks bigint) returns setof record
+  language sql stable security definer set search_path = public, pg_temp as $$
+    select classname, count(*) from mdl_task_adhoc where faildelay > 0
+     group by classname order by count(*) desc, classname limit {failing_classes} $$;
 -- Moodle's own signals for the exporter: when the scheduled-task runner last ran a task (a
 -- kept-alive cron.php records its start only every 15 minutes, but several core tasks run every
 -- minute), scheduled tasks whose last run failed, users active in 5 minutes, sessions.
@@ -228,6 +271,7 @@ create or replace function {schema}.kit_plugin_versions(out plugin text, out ver
      where name = 'version' and plugin in ({plugins}) $$;
 revoke all on function {schema}.kit_plugin_versions() from public;
 revoke all on function {schema}.adhoc_queue() from public;
+revoke all on function {schema}.adhoc_failing() from public;
 revoke all on function {schema}.moodle_setting(text) from public;
 revoke all on function {schema}.moodle_signals() from public;
 """
@@ -242,13 +286,13 @@ def ensure_functions(owner: Database, monitor_user: str, *, as_role: str | None 
         from kit.images import KIT_PLUGINS  # the one list of the kit's own Moodle plugins
 
         conn.execute(sql.SQL(_FUNCTIONS).format(schema=sql.Identifier(SCHEMA),
-                                                plugins=sql.SQL(", ").join(map(sql.Literal, KIT_PLUGINS))))
+                                                plugins=sql.SQL(", ").join(map(sql.Literal, KIT_PLUGINS)),
+                                                failing_classes=sql.Literal(FAILING_CLASSES)))
         statements: list[sql.Composed] = [
             sql.SQL("grant usage on schema {} to {}").format(sql.Identifier(SCHEMA), sql.Identifier(monitor_user)),
-            sql.SQL("grant execute on function {}.adhoc_queue(), {}.moodle_setting(text), {}.moodle_signals(), "
-                    "{}.kit_plugin_versions() to {}").format(
-                sql.Identifier(SCHEMA), sql.Identifier(SCHEMA), sql.Identifier(SCHEMA), sql.Identifier(SCHEMA),
-                sql.Identifier(monitor_user)),
+            sql.SQL("grant execute on function {}.adhoc_queue(), {}.adhoc_failing(), {}.moodle_setting(text), "
+                    "{}.moodle_signals(), {}.kit_plugin_versions() to {}").format(
+                *[sql.Identifier(SCHEMA)] * 5, sql.Identifier(monitor_user)),
         ]
         for statement in statements:
             conn.execute(statement)

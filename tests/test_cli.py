@@ -137,3 +137,34 @@ def test_destroy_data_asks_first(tmp_path, fake_moodle):
     assert result.returncode != 0
     assert "Delete ALL data" in result.stdout
     assert not (tmp_path / "build").exists()
+
+
+@pytest.mark.parametrize("preflight_ok", [True, False])
+def test_doctor_tells_running_site_failures_from_preflight_ones_with_a_fake_target(monkeypatch, preflight_ok):
+    """The verdict's wording, on a fake target (no site runs in a unit test; the e2e tests
+    run doctor on the real one): a preflight FAIL is one `kit up` refuses for too, a FAIL
+    of the running site (a failing task) is not. Both exit 3, FAIL lines on stderr."""
+    from click.testing import CliRunner
+
+    from kit import cli as kit_cli
+    from kit import doctor
+    from kit.db import Queue
+
+    queue = Queue(queued=3, due=3, oldest_age_s=5, failing=1,
+                  failing_classes=(("\\auth_ldap\\task\\asynchronous_sync_task", 1),))
+
+    class FakeTarget:
+        def runtime_checks(self) -> list:
+            return [doctor.Check("queue", False, f"3 adhoc tasks queued, {queue.failing_text()}")]
+
+    monkeypatch.setattr(kit_cli, "_target", lambda *args, **kwargs: FakeTarget())
+    monkeypatch.setattr(doctor, "preflight", lambda target: [doctor.Check("owner", True, "this folder manages it"),
+                                                             doctor.Check("disk", preflight_ok, "disk")])
+    result = CliRunner().invoke(kit_cli.cli, ["doctor"], standalone_mode=False)
+    assert result.exception is not None and result.exception.exit_code == 3
+    message = str(result.exception)
+    assert "FAIL queue" in result.stderr and "asynchronous_sync_task x1" in result.stderr
+    if preflight_ok:
+        assert "on the running site" in message and "`kit up` does not refuse" in message
+    else:
+        assert "`kit up` refuses for 1 of them" in message and "running site" not in message

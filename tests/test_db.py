@@ -64,6 +64,11 @@ def test_the_monitoring_role_reads_the_same_figures_as_the_tables(monitored):
     assert f"{queue.queued}|{queue.due}|{queue.failing}" == direct
     assert queue.queued == 6 and queue.due == 5 and queue.failing == 1
     assert 290 <= queue.oldest_age_s <= 320
+    # The failing task is named by its class (what an operator looks up), never its custom data.
+    assert queue.failing_classes == (("\\core\\task\\x", 1),)
+    assert queue.failing_text() == "1 failing: \\core\\task\\x x1"
+    assert db.queue_line(queue.as_dict()).endswith("oldest overdue " + str(queue.oldest_age_s) + "s, 1 failing: "
+                                                   "\\core\\task\\x x1")
     assert db.moodle_setting(monitor(pg), "release") == "4.5.6 (Build: 20250811)"
     assert db.moodle_setting(monitor(pg), "version") == "2024100706.00"
     figures = db.connections(monitor(pg))
@@ -82,6 +87,18 @@ def test_the_monitoring_role_cannot_write_nor_read_moodles_tables(monitored):
     with monitor(monitored).connect() as conn:
         assert conn.execute("select kit.moodle_setting('smtppass')").fetchone() == (None,)
     assert monitored.sql("select value from mdl_config where name = 'version'", dbname="moodle") == "2024100706.00"
+
+
+def test_a_site_not_rolled_out_since_the_failing_classes_came_still_gives_its_queue(monitored):
+    """The kit's functions are made by `kit up`: an older site has adhoc_queue() alone."""
+    monitored.sql("set role moodle; drop function kit.adhoc_failing()", dbname="moodle")
+    try:
+        queue = db.queue(monitor(monitored))
+        assert queue is not None and queue.failing == 1 and queue.failing_classes == ()
+        assert queue.failing_text() == "1 failing"
+    finally:
+        db.ensure_functions(admin(monitored), "kit_monitor", as_role=db.OWNER_ROLE)
+    assert db.queue(monitor(monitored)).failing_classes == (("\\core\\task\\x", 1),)
 
 
 def test_ensuring_the_monitoring_role_again_changes_nothing(monitored):

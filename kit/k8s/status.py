@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kit.config import Site
+from kit.db import queue_line
 
 #: () -> (queue figures, Moodle's release), read through psycopg (kit.db) by the target.
 ReadDb = Callable[[], tuple[dict[str, int], str]]
@@ -120,8 +121,7 @@ def format_status(site: Site, st: K8sStatus) -> list[tuple[str, str | None]]:
         (f"  moodle   {st.moodle_release or '?'}", None),
     ]
     if st.queue:
-        lines.append((f"  queue    {st.queue['queued']} adhoc tasks queued ({st.queue['due']} due), "
-                      f"oldest overdue {st.queue['oldest_age_s']}s, {st.queue['failing']} failing", None))
+        lines.append((f"  queue    {queue_line(st.queue)}", None))
     for d in st.deployments:
         lines.append((f"  {d['component']:7} {d['name']:32} {d['rollout']}", None))
     for a in st.autoscalers:

@@ -178,7 +178,7 @@ class DockerTarget(Target):
             ok = queue.oldest_age_s <= queue_age_warn_s and queue.failing == 0
             checks.append(Check("queue", ok, f"{queue.queued} adhoc tasks queued ({queue.due} due), "
                                              f"oldest overdue {queue.oldest_age_s}s (the alert fires after "
-                                             f"{queue_age_warn_s}s), {queue.failing} failing"
+                                             f"{queue_age_warn_s}s), {queue.failing_text()}"
                                 + ("" if ok else ": see runbooks/queue-backlog.md")))
         return checks + ([served] if served else []) + self.monitoring_checks() + [self.security_check()]
 

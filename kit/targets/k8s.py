@@ -405,7 +405,7 @@ class K8sTarget(Target):
         if queue:
             checks.append(Check("queue", queue.oldest_age_s <= 600 and queue.failing == 0,
                                 f"{queue.queued} adhoc tasks queued ({queue.due} due), oldest overdue "
-                                f"{queue.oldest_age_s}s, {queue.failing} failing"))
+                                f"{queue.oldest_age_s}s, {queue.failing_text()}"))
         return checks
 
     # --- the database, through a port-forward -----------------------------------------------------
