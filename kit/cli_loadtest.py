@@ -13,7 +13,7 @@ from kit import config, identity
 from kit.errors import KitError, OperationFailed, UsageError
 from kit.loadtest import run as lt
 from kit.loadtest.resources import LevelCost, SiteMeter
-from kit.loadtest.seed import is_local_url, saved_target
+from kit.loadtest.seed import is_local_url, remove_replies, saved_target
 from kit.loadtest.seed import seed as do_seed
 from kit.targets import Target, target_for
 
@@ -178,6 +178,22 @@ def _print_cost(cost: LevelCost) -> None:
                f"host CPU {cost.host_cpu_pct:.0f}% of {cost.host_cpus * 100}%{watching}")
 
 
+def _tidy_forum(target: Target | None, target_path: Path, journey: str) -> None:
+    """After a run on this kit's own site: delete the replies it posted (see remove_replies)."""
+    if target is None or journey != "moodle":
+        return
+    try:
+        removed = remove_replies(target, target_path)
+    except KitError as exc:     # the site is down (a fault test stopped it): the run's result stands
+        click.secho(f"forum: the run's replies were not removed: {exc}", fg="yellow")
+        return
+    if removed is None:
+        click.secho("forum: the run's replies were not removed (the site's image predates it: `kit upgrade`)",
+                    fg="yellow")
+    else:
+        click.echo(f"forum: removed the run's {removed} replies (every run starts from the seeded forum)")
+
+
 def level_entry(result: lt.RunResult, cost: LevelCost | None) -> dict:
     """One level of a capacity report: locust's figures and, when measured, what they cost."""
     return {"users": result.users, "passed": result.passed, "p95_ms": result.total.p95, "p50_ms": result.total.p50,
@@ -214,13 +230,18 @@ def run_cmd(users: int, spawn_rate: float, duration: str, shape: str, peak: int,
     meter = _meter(site, target, url)
     before = meter.snapshot() if meter else None
     started = time.time()
-    result = lt.run_locust(job, parsed_slos, f"{journey} journey")
-    ended = time.time()
+    cost = None
+    try:
+        result = lt.run_locust(job, parsed_slos, f"{journey} journey")
+        ended = time.time()
+        if meter and before:    # read before the tidy-up, whose work is not the run's
+            cost = meter.cost(before, meter.snapshot(), result.total.requests)
+    finally:
+        _tidy_forum(target, target_path, journey)
     lt.print_table(result)
     summary_file = job.out_dir / "summary.json"
     summary = json.loads(summary_file.read_text())
-    if meter and before:
-        cost = meter.cost(before, meter.snapshot(), result.total.requests)
+    if cost is not None and site is not None:
         _print_cost(cost)
         summary["cost"], summary["site"] = cost.as_dict(), _site_facts(site)
     server = _server_side(target, started, ended)
@@ -277,9 +298,12 @@ def capacity(start: int, step: int, max_users: int, levels_text: str | None, ref
                            processes=processes, host_header=host_header,
                            public_url=site.url if host_header and site else None)
         before = meter.snapshot() if meter else None
-        result = lt.run_locust(job, parsed_slos, f"level {level}")
-        if meter and before:
-            costs[level] = meter.cost(before, meter.snapshot(), result.total.requests)
+        try:
+            result = lt.run_locust(job, parsed_slos, f"level {level}")
+            if meter and before:
+                costs[level] = meter.cost(before, meter.snapshot(), result.total.requests)
+        finally:
+            _tidy_forum(target, target_path, journey)
         lt.print_table(result)
         results.append(result)
         if not result.passed:

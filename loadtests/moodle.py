@@ -234,7 +234,7 @@ class MoodleStudent(MoodleUser):
         reply = {
             "course": t["course_id"], "forum": 0, "discussion": thread["discussion_id"], "userid": form["userid"] or 0,
             "groupid": 0, "edit": 0, "reply": thread["reply_post_id"], "sesskey": form["sesskey"],
-            "_qf__mod_forum_post_form": 1, "subject": "Re: I am the test plan reply subject",
+            "_qf__mod_forum_post_form": 1, "subject": pages.REPLY_SUBJECT,
             "message[itemid]": form["message[itemid]"], "message[format]": 1,
             "message[text]": "I am the test plan reply message", "parent": thread["reply_post_id"],
             "subscribe": 1, "attachments": form["attachments"], "timestart": 0, "timeend": 0,

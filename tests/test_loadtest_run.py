@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from kit.errors import KitError
+from kit.errors import KitError, OperationFailed
 from kit.loadtest import run as lt
 from kit.loadtest.run import SLO, StepStats, judge, parse_duration, parse_slo, read_stats
 
@@ -139,3 +139,29 @@ def test_exam_times_merge_every_process_and_need_every_student(tmp_path):
     assert times == {"students": 3, "opened": 3, "submitted": 3, "all_open_s": 4.5, "all_submitted_s": 20.8}
     short = lt.exam_times(folder, start, students=4)
     assert short["all_open_s"] is None and short["all_submitted_s"] is None and short["opened"] == 3
+
+
+class _ForumSite:
+    """A site's Moodle CLI as far as the reply tidy-up sees it: an exit code and the output."""
+
+    def __init__(self, code: int, out: str) -> None:
+        self.code, self.out, self.calls = code, out, []  # type: ignore[var-annotated]
+
+    def moodle_cli(self, args, *, stdin=None, check=True, quiet=False):
+        self.calls.append(args)
+        return self.code, self.out
+
+
+def test_the_runs_replies_are_removed_by_their_subject_in_the_seeded_forum(tmp_path):
+    from kit.loadtest import pages
+    from kit.loadtest.seed import remove_replies
+
+    target_path = tmp_path / "target.json"
+    target_path.write_text(json.dumps({"forum_cmid": 42}))
+    site = _ForumSite(0, "kit: removed 17 load-test replies\n")
+    assert remove_replies(site, target_path) == 17  # type: ignore[arg-type]
+    assert site.calls == [["/opt/kit/seed_discussions.php", "42", "--remove-replies", pages.REPLY_SUBJECT]]
+    # An image from before the option answers as the seeding form did: nothing removed, said so.
+    assert remove_replies(_ForumSite(0, "kit: ok: forum has 25 discussions\n"), target_path) is None  # type: ignore[arg-type]
+    with pytest.raises(OperationFailed, match="remove-replies: Coding error"):
+        remove_replies(_ForumSite(255, "Coding error\n"), target_path)  # type: ignore[arg-type]

@@ -8,6 +8,10 @@ from __future__ import annotations
 import html
 import re
 
+# The subject of every reply the journey posts: `kit loadtest` deletes these after each run, so
+# the next run meets the forum the seed left (kit.loadtest.seed.remove_replies).
+REPLY_SUBJECT = "Re: I am the test plan reply subject"
+
 _LOGINTOKEN = re.compile(r'name="logintoken"\s+value="([^"]+)"')
 _SESSKEY_CFG = re.compile(r'"sesskey":"([^"]+)"')
 _SESSKEY_INPUT = re.compile(r'name="sesskey"\s+(?:type="hidden"\s+)?value="([^"]+)"')

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +10,7 @@ import click
 
 from kit.config import Site
 from kit.errors import KitError, OperationFailed, UsageError
+from kit.loadtest.pages import REPLY_SUBJECT
 from kit.runner import hostname_addresses
 
 if TYPE_CHECKING:
@@ -61,6 +63,27 @@ def seed(target: Target, size: str) -> dict[str, Any]:
     path.write_text(json.dumps(found, indent=2) + "\n")
     click.echo(f"target written to {path}")
     return found
+
+
+def remove_replies(target: Target, target_path: Path) -> int | None:
+    """Delete the replies a load run posted, so the next run walks the same forum as the first.
+
+    Without this, each run leaves a few replies per user in the seeded threads and every
+    later level pays for longer discussion pages: the figures drift with the run order.
+    Returns how many were removed, or None when the site's image predates the script's
+    option (the replies stay; `kit upgrade` brings it).
+    """
+    try:
+        forum_cmid = int(json.loads(target_path.read_text())["forum_cmid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    code, out = target.moodle_cli(["/opt/kit/seed_discussions.php", str(forum_cmid), "--remove-replies",
+                                   REPLY_SUBJECT], check=False, quiet=True)
+    if code != 0:
+        reason = (out.strip().splitlines() or [f"exit code {code}"])[-1]
+        raise OperationFailed(f"seed_discussions.php --remove-replies: {reason[:200]}")
+    match = re.search(r"kit: removed (\d+) load-test replies", out)
+    return int(match.group(1)) if match else None
 
 
 def _saved_size(path: Path) -> str | None:

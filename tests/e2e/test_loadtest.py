@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -9,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from kit.loadtest import pages
 from tests.conftest import MEASURED
-from tests.e2e.conftest import SITE, TIMINGS, kit
+from tests.e2e.conftest import SITE, TIMINGS, kit, psql
 
 pytestmark = pytest.mark.e2e
 
@@ -59,6 +61,12 @@ def test_twenty_users_for_a_minute_without_failures(site_dir, seeded):
     assert 1 < cost["php_worker_rss_mb"] < 500, cost        # resident memory of an idle php-fpm child
     assert summary["site"]["levers"]["db_persistent_connections"] is True
     assert "cost per request: site CPU" in result.stdout
+    # The run's own replies are gone: the next run walks the forum the seed left.
+    removed = re.search(r"forum: removed the run's (\d+) replies", result.stdout)
+    assert removed and int(removed.group(1)) >= 1, result.stdout[-2000:]
+    assert psql(f"select count(*) from mdl_forum_posts where subject = '{pages.REPLY_SUBJECT}'") == "0"
+    assert int(psql("select count(*) from mdl_forum_discussions d join mdl_course_modules cm "
+                    f"on cm.instance = d.forum where cm.id = {seeded['forum_cmid']}")) >= 25
 
 
 def test_impossible_slo_fails_and_names_it(site_dir, seeded):
