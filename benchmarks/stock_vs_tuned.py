@@ -11,6 +11,14 @@ what `kit plan --from-report` predicts from the tuned run's report. `--levers` (
 load, then every lever together, then the tuned profile as the kit sets it on this target
 (some levers off where they were measured not to pay), on the same site.
 
+Both sites are up for the whole run; the one not being measured is frozen with `docker
+pause` (its cgroups get no CPU, so its cron and health checks cost the other nothing), and
+with --repeats the capacity searches alternate stock, tuned, stock, tuned...: this host's
+CPU speed drifts from minute to minute (a fixed loop took 0.70-1.07 s), and alternating
+puts both profiles in the same minutes rather than one in a fast hour and one in a slow one.
+`--head-to-head N` then runs the tuned default and the cheapest single lever N times each,
+alternately, for the "as cheap as its best lever" check.
+
 Figures, not pass/fail: this is a benchmark, not a test. Load goes only to 127.0.0.1.
 Both sites are removed at the end (with their data) unless --keep.
 """
@@ -19,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -26,10 +36,11 @@ from pathlib import Path
 
 import yaml
 
+from kit.config import LEVERS as KIT_LEVERS
+
 KIT = str(Path(sys.executable).parent / "kit")
 PROFILES = ("stock", "tuned")
-LEVERS = ("db_persistent_connections", "db_tls_local_off", "redis_sessions", "redis_cache",
-          "opcache_sized", "realpath_cache", "fpm_sized", "postgres_sized")
+LEVERS = tuple(KIT_LEVERS)     # the kit's own list: a new lever is measured without editing this file
 
 
 def kit(site_dir: Path, *args: str, check: bool = True) -> int:
@@ -54,6 +65,35 @@ def set_performance(site_dir: Path, profile: str, levers: dict[str, bool]) -> No
     data = yaml.safe_load(path.read_text())
     data["performance"] = {"profile": profile, **({"levers": levers} if levers else {})}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def site_containers(profile: str) -> list[str]:
+    """The containers of the benchmark's site for this profile (kit-kb-<profile>-*), running or paused."""
+    out = subprocess.run(["docker", "ps", "--format", "{{.Names}}", "--filter", f"name=^kit-kb-{profile}-"],
+                         capture_output=True, text=True).stdout
+    return sorted(out.split())
+
+
+def freeze(profile: str, frozen: bool, *, check: bool = True) -> None:
+    """docker pause (or unpause) one site: a frozen site takes no CPU from the one measured."""
+    names = site_containers(profile)
+    out = subprocess.run(["docker", "inspect", "--format", "{{.Name}} {{.State.Paused}}", *names],
+                         capture_output=True, text=True).stdout if names else ""
+    paused = dict(line.lstrip("/").split() for line in out.splitlines() if line.strip())
+    todo = [name for name, state in paused.items() if (state == "true") != frozen]
+    if todo:
+        proc = subprocess.run(["docker", "pause" if frozen else "unpause", *todo], capture_output=True, text=True)
+        if check and proc.returncode != 0:
+            raise SystemExit(f"docker {'pause' if frozen else 'unpause'} kb-{profile}: {proc.stderr.strip()}")
+
+
+def only(measured: str, profiles: list[str]) -> None:
+    """Freeze every other profile's site, thaw this one's, and let it settle (health checks, cron)."""
+    for profile in profiles:
+        if profile != measured:
+            freeze(profile, True)
+    freeze(measured, False)
+    time.sleep(5)
 
 
 def run_level(site_dir: Path, users: int, seconds: int) -> dict:
@@ -92,32 +132,52 @@ def wait_queue_drained(site_dir: Path, limit_s: float = 600) -> None:
         time.sleep(10)
 
 
-def measure_profile(site_dir: Path, profile: str, args: argparse.Namespace, port: int) -> dict:
-    t0 = time.monotonic()
-    bring_up(site_dir, profile, args, port)
+def capacity_search(site_dir: Path, profile: str, args: argparse.Namespace, repeat: int) -> tuple[dict, Path]:
+    """One warm-up and one `kit loadtest capacity` on one site; (its capacity.json, the file)."""
     print(f"\n== {profile}: warm-up (opcache, caches, connections), not counted", flush=True)
     run_level(site_dir, 10, 30)
-    runs: list[tuple[dict, Path]] = []
-    for repeat in range(args.repeats):
-        if args.repeats > 1:
-            print(f"\n== {profile}: capacity search {repeat + 1} of {args.repeats}", flush=True)
-        started = time.time()
-        kit(site_dir, "loadtest", "capacity", "--levels", args.levels, "--refine", "--step-time",
-            f"{args.level_time}s", "--slo", "p95=1s", "--slo", "errors=1%", check=False)
-        found = max((p for p in (site_dir / "reports").rglob("capacity.json") if p.stat().st_mtime >= started),
-                    key=lambda p: p.stat().st_mtime)
-        runs.append((json.loads(found.read_text()), found))
-    # The median run stands for the profile; every run's users at SLO give the spread.
+    print(f"\n== {profile}: capacity search {repeat + 1} of {args.repeats}", flush=True)
+    started = time.time()
+    kit(site_dir, "loadtest", "capacity", "--levels", args.levels, "--refine", "--step-time",
+        f"{args.level_time}s", "--slo", "p95=1s", "--slo", "errors=1%", check=False)
+    found = max((p for p in (site_dir / "reports").rglob("capacity.json") if p.stat().st_mtime >= started),
+                key=lambda p: p.stat().st_mtime)
+    return json.loads(found.read_text()), found
+
+
+def finish_profile(site_dir: Path, profile: str, runs: list[tuple[dict, Path]], args: argparse.Namespace,
+                   minutes: float) -> dict:
+    """The median capacity search stands for the profile; every search's users at SLO give the spread."""
     capacity, capacity_file = sorted(runs, key=lambda run: run[0]["capacity_users"])[(len(runs) - 1) // 2]
     repeats = [run[0]["capacity_users"] for run in runs]
+    site_at25 = [cost(lv, "site") for run, _ in runs for lv in run["levels"] if lv["users"] == 25 and lv.get("cost")]
     at25 = next((lv for lv in capacity["levels"] if lv["users"] == 25), None)
     if at25 is None:
         summary = run_level(site_dir, 25, args.level_time)
         at25 = {"users": 25, "p95_ms": summary["total"]["p95"], "failures": summary["total"]["failures"],
-                "requests": summary["total"]["requests"]}
+                "requests": summary["total"]["requests"], "cost": summary.get("cost")}
     saturated = run_level(site_dir, args.saturation_users, args.saturation_time)
     return {"profile": profile, "capacity": capacity, "capacity_file": str(capacity_file), "at25": at25,
-            "capacity_repeats": repeats, "saturated": saturated, "minutes": round((time.monotonic() - t0) / 60, 1)}
+            "capacity_repeats": repeats, "site_ms_at25_repeats": site_at25, "saturated": saturated,
+            "minutes": round(minutes, 1)}
+
+
+def apply_lever(site_dir: Path, lever: str) -> None:
+    """Set the site to one row's configuration and roll it out."""
+    if lever == "every lever":
+        set_performance(site_dir, "tuned", {name: True for name in LEVERS})
+    elif lever.startswith("tuned (default)"):
+        set_performance(site_dir, "tuned", {})
+    else:
+        name = lever.split(" (")[0]
+        set_performance(site_dir, "stock", {name: True} if name in LEVERS else {})
+    kit(site_dir, "up")
+
+
+def measure_row(site_dir: Path, lever: str, args: argparse.Namespace) -> dict:
+    apply_lever(site_dir, lever)
+    run_level(site_dir, args.lever_users, args.lever_warmup)   # after the roll: opcache, caches, connections
+    return {"lever": lever, "summary": run_level(site_dir, args.lever_users, args.lever_time)}
 
 
 def measure_levers(site_dir: Path, args: argparse.Namespace) -> list[dict]:
@@ -127,19 +187,45 @@ def measure_levers(site_dir: Path, args: argparse.Namespace) -> list[dict]:
     # default for this target (TUNED_OFF_ON_TARGET turns some off); "none" again at the end
     # shows how far one unchanged site drifts between runs.
     for lever in ("none", *LEVERS, "every lever", "tuned (default)", "none (again)"):
-        if lever == "every lever":
-            set_performance(site_dir, "tuned", {name: True for name in LEVERS})
-        elif lever == "tuned (default)":
-            set_performance(site_dir, "tuned", {})
-        else:
-            set_performance(site_dir, "stock", {lever: True} if lever in LEVERS else {})
-        kit(site_dir, "up")
-        run_level(site_dir, args.lever_users, 30)   # warm-up after the roll: opcache, caches, connections
-        summary = run_level(site_dir, args.lever_users, args.lever_time)
-        rows.append({"lever": lever, "summary": summary})
+        rows.append(measure_row(site_dir, lever, args))
         (args.out / "levers.json").write_text(json.dumps(rows, indent=2))
+    singles = [r for r in rows if r["lever"] in LEVERS and cost(r["summary"], "site") == cost(r["summary"], "site")]
+    if args.head_to_head and singles:
+        best = min(singles, key=lambda r: cost(r["summary"], "site"))["lever"]
+        print(f"\n== head to head: the tuned default against the cheapest single lever ({best}), "
+              f"{args.head_to_head} times each, alternately", flush=True)
+        for turn in range(args.head_to_head):
+            for lever in ("tuned (default)", best):
+                row = measure_row(site_dir, lever, args)
+                rows.append({**row, "lever": f"{lever} (h2h {turn + 1})"})
+                (args.out / "levers.json").write_text(json.dumps(rows, indent=2))
     set_performance(site_dir, "stock", {})
     return rows
+
+
+def head_to_head_table(rows: list[dict]) -> str:
+    """min / median / max of site and PostgreSQL CPU per request for each side of the head to head."""
+    sides: dict[str, list[dict]] = {}
+    for row in rows:
+        if " (h2h " in row["lever"]:
+            sides.setdefault(row["lever"].split(" (h2h ")[0], []).append(row["summary"])
+    if not sides:
+        return ""
+
+    def span(values: list[float]) -> str:
+        values = [v for v in values if v == v]      # NaN: a level without counters
+        if not values:
+            return "-"
+        return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+    lines = [f"| {'head to head':28} | {'runs':>4} | {'site ms/req median (min-max)':>28} | "
+             f"{'PG ms/req median (min-max)':>26} |", f"|{'-' * 30}|{'-' * 6}|{'-' * 30}|{'-' * 28}|"]
+    for side, summaries in sides.items():
+        lines.append(f"| {side:28} | {len(summaries):>4} | {span([cost(s, 'site') for s in summaries]):>28} | "
+                     f"{span([cost(s, 'db') for s in summaries]):>26} |")
+    text = "\n".join(lines)
+    print(text)
+    return text
 
 
 def cost(summary: dict, key: str) -> float:
@@ -173,6 +259,7 @@ def table(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
         ("load generator CPU ms per request", lambda r: sat(r, lambda s: cost(s, "load_generator")), "{:.1f}", "-"),
         ("host CPU at saturation (% of 100 per core)",
          lambda r: float((r["saturated"].get("cost") or {}).get("host_cpu_pct") or "nan"), "{:.0f}", "-"),
+        ("site CPU ms per request at 25 users", lambda r: cost(r["at25"], "site"), "{:.1f}", "lower"),
         ("p95 at 25 users (ms)", lambda r: float(r["at25"]["p95_ms"]), "{:.0f}", "lower"),
         ("p95 at saturation (ms)", lambda r: sat(r, lambda s: s["total"]["p95"]), "{:.0f}", "lower"),
         ("failed requests (all runs)", lambda r: float(failures(r)), "{:.0f}", "-"),
@@ -183,15 +270,23 @@ def table(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
         ratio = "" if better == "-" or not a or a != a or b != b else f"{b / a:.2f}x"
         rows.append((label, fmt.format(a), fmt.format(b), ratio))
     if len(stock.get("capacity_repeats", [])) > 1 or len(tuned.get("capacity_repeats", [])) > 1:
-        label, a, b, ratio = rows[0]
-        rows[0] = (label, f"{a} {spread(stock)}", f"{b} {spread(tuned)}", ratio)
+        for index, key in ((0, "capacity_repeats"),
+                           (next(i for i, row in enumerate(rows) if row[0].endswith("at 25 users")),
+                            "site_ms_at25_repeats")):
+            name, first, second, times = rows[index]
+            rows[index] = (name, f"{first} {spread(stock, key)}".strip(), f"{second} {spread(tuned, key)}".strip(),
+                           times)
     return rows
 
 
-def spread(result: dict) -> str:
-    """min-max of users at SLO over the repeated capacity searches (the figure is their median)."""
-    runs = result.get("capacity_repeats") or [result["capacity"]["capacity_users"]]
-    return f"({min(runs)}-{max(runs)})"
+def spread(result: dict, key: str = "capacity_repeats") -> str:
+    """min-max over the repeated capacity searches, beside the median run's figure."""
+    runs = result.get(key) or ([result["capacity"]["capacity_users"]] if key == "capacity_repeats" else [])
+    runs = [r for r in runs if r == r]
+    if not runs:
+        return ""
+    fmt = "{:.0f}" if key == "capacity_repeats" else "{:.1f}"
+    return f"({fmt.format(min(runs))}-{fmt.format(max(runs))})"
 
 
 def cpu_needed(results: dict[str, dict], users_ratio: float = 2.0, rps_ratio: float = 1.6) -> list[str]:
@@ -271,6 +366,10 @@ def main() -> None:
     parser.add_argument("--levers-only", action="store_true", help="only the levers, on a stock site of their own")
     parser.add_argument("--lever-users", type=int, default=20)
     parser.add_argument("--lever-time", type=int, default=60)
+    parser.add_argument("--lever-warmup", type=int, default=60,
+                        help="seconds of load after each lever's rollout, not counted (opcache, caches)")
+    parser.add_argument("--head-to-head", type=int, default=0, metavar="N",
+                        help="with --levers: then the tuned default and the cheapest single lever, N times each")
     parser.add_argument("--keep", action="store_true",
                         help="keep the sites: the last one running, the others stopped with their data")
     parser.add_argument("--from-results", type=Path, metavar="RESULTS_JSON",
@@ -285,29 +384,57 @@ def main() -> None:
         raise SystemExit(f"{args.moodle_source}: not a Moodle folder (set MOODLE_SRC or --moodle-source)")
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"benchmark folder: {args.out}")
+    # A kill or a closed terminal still thaws and tidies the sites (the finally below).
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
     results: dict[str, dict] = {}
     lever_rows: list[dict] = []
     if args.levers_only:
         site_dir = args.out / "levers"
-        bring_up(site_dir, "stock", args, 18490)
-        lever_rows = measure_levers(site_dir, args)
-        if not args.keep:
-            kit(site_dir, "down", "--destroy-data", "--yes", check=False)
+        try:
+            bring_up(site_dir, "stock", args, 18490)
+            lever_rows = measure_levers(site_dir, args)
+        finally:
+            if not args.keep:
+                kit(site_dir, "down", "--destroy-data", "--yes", check=False)
         print(f"\n== each lever alone on the stock profile, {args.lever_users} users for {args.lever_time}s")
-        (args.out / "levers.md").write_text(lever_table(lever_rows) + "\n")
+        text = lever_table(lever_rows)
+        h2h = head_to_head_table(lever_rows)
+        (args.out / "levers.md").write_text(text + ("\n\n" + h2h if h2h else "") + "\n")
         return
     profiles = args.profiles.split(",")
-    for index, profile in enumerate(profiles):
-        site_dir = args.out / profile
-        results[profile] = measure_profile(site_dir, profile, args, 18480 + index)
-        if profile == "stock" and args.levers:
-            lever_rows = measure_levers(site_dir, args)
-        (args.out / "results.json").write_text(json.dumps({"profiles": results, "levers": lever_rows}, indent=2))
-        if not args.keep:
-            kit(site_dir, "down", "--destroy-data", "--yes", check=False)
-        elif index < len(profiles) - 1:
-            # Kept, but stopped: its cron and workers would take CPU from the next profile's figures.
-            kit(site_dir, "down", "--yes", check=False)
+    sites = {profile: args.out / profile for profile in profiles}
+    t0 = time.monotonic()
+    try:
+        for index, profile in enumerate(profiles):
+            for other in profiles[:index]:
+                freeze(other, True)
+            bring_up(sites[profile], profile, args, 18480 + index)
+        runs: dict[str, list[tuple[dict, Path]]] = {profile: [] for profile in profiles}
+        for repeat in range(args.repeats):         # alternating: both profiles in the same minutes
+            for profile in profiles:
+                only(profile, profiles)
+                runs[profile].append(capacity_search(sites[profile], profile, args, repeat))
+        for profile in profiles:
+            only(profile, profiles)
+            results[profile] = finish_profile(sites[profile], profile, runs[profile], args,
+                                              (time.monotonic() - t0) / 60)
+            (args.out / "results.json").write_text(json.dumps({"profiles": results, "levers": lever_rows},
+                                                              indent=2))
+        if "stock" in profiles and args.levers:
+            only("stock", profiles)
+            lever_rows = measure_levers(sites["stock"], args)
+            (args.out / "results.json").write_text(json.dumps({"profiles": results, "levers": lever_rows},
+                                                              indent=2))
+    finally:
+        for profile in profiles:
+            freeze(profile, False, check=False)
+        for index, profile in enumerate(profiles):
+            if not args.keep:
+                kit(sites[profile], "down", "--destroy-data", "--yes", check=False)
+            elif index < len(profiles) - 1:
+                # Kept, but stopped: its cron and workers would take CPU from whatever runs next.
+                kit(sites[profile], "down", "--yes", check=False)
     text = ""
     if set(PROFILES) <= set(results):
         print("\n== stock vs tuned (same host, Moodle, data and journey)")
@@ -331,6 +458,8 @@ def main() -> None:
         print("\n== each lever alone on the stock profile, "
               f"{args.lever_users} users for {args.lever_time}s")
         text += "\n\n" + lever_table(lever_rows)
+        h2h = head_to_head_table(lever_rows)
+        text += "\n\n" + h2h if h2h else ""
     (args.out / "table.md").write_text(text + "\n")
     print(f"\nfigures: {args.out}/results.json, {args.out}/table.md")
 

@@ -79,3 +79,37 @@ def test_repeated_capacity_searches_show_their_spread_beside_the_median(bench, r
 def test_one_capacity_search_prints_no_spread(bench, results):
     _, stock, tuned, _ = bench.table(results)[0]
     assert (stock, tuned) == ("30", "40")
+
+
+def test_repeated_searches_show_the_spread_of_the_cost_at_25_users_too(bench, results):
+    results["stock"]["capacity_repeats"] = [25, 30, 30]
+    results["tuned"]["capacity_repeats"] = [40, 35, 45]
+    results["stock"]["site_ms_at25_repeats"] = [118.0, 122.0, 131.5]
+    results["tuned"]["site_ms_at25_repeats"] = [85.0, float("nan"), 90.25]
+    row = next(r for r in bench.table(results) if r[0] == "site CPU ms per request at 25 users")
+    assert row == ("site CPU ms per request at 25 users", "122.0 (118.0-131.5)", "85.0 (85.0-90.2)", "0.70x")
+
+
+def test_head_to_head_gives_each_side_its_median_and_range(bench):
+    def summary(site: float, db: float) -> dict:
+        return {"cost": {"cpu_ms_per_request": {"site": site, "db": db}}}
+
+    rows = [{"lever": "none", "summary": summary(112.4, 36.2)},
+            {"lever": "tuned (default) (h2h 1)", "summary": summary(80.0, 12.0)},
+            {"lever": "db_persistent_connections (h2h 1)", "summary": summary(84.0, 16.5)},
+            {"lever": "tuned (default) (h2h 2)", "summary": summary(76.0, 11.0)},
+            {"lever": "db_persistent_connections (h2h 2)", "summary": {"cost": None}},
+            {"lever": "tuned (default) (h2h 3)", "summary": summary(90.0, 13.0)}]
+    text = bench.head_to_head_table(rows)
+    tuned = next(line for line in text.splitlines() if line.startswith("| tuned (default)"))
+    lever = next(line for line in text.splitlines() if line.startswith("| db_persistent_connections"))
+    assert "|    3 |" in tuned and "80.0 (76.0-90.0)" in tuned and "12.0 (11.0-13.0)" in tuned
+    assert "|    2 |" in lever and "84.0 (84.0-84.0)" in lever     # the run without counters is left out
+    assert "none" not in text
+    assert bench.head_to_head_table(rows[:1]) == ""
+
+
+def test_the_benchmark_measures_every_lever_the_kit_has(bench):
+    from kit.config import LEVERS
+
+    assert bench.LEVERS == tuple(LEVERS)
