@@ -88,7 +88,9 @@ def test_one_lever_on_stock_changes_only_its_own_files(site_dir, fake_moodle, le
     assert changed == owners[lever]
     if lever == "redis_cache":
         assert driver_vars(site, tuning, IMAGES, alone)["kit_app_cache"] == "redis"
-        assert "/muc-local/filelocks/" in alone["config.php"]
+        assert "/muc-local/filelocks'" in alone["config.php"] and "/muc-local/" not in stock["config.php"]
+    # Moodle's shared file store gets its lock folders up front on every site, lever or not.
+    assert "/cache/cachestore_file/default_application/filelocks'" in alone["config.php"]
     assert "synchronous_commit = 'on'" in alone["postgresql.conf"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
 import time
 
 import pytest
@@ -139,18 +140,31 @@ def test_sessions_and_application_cache_live_where_the_plan_puts_them(site):
     assert store.startswith("kitredis ") and "password" not in store, store
 
 
-def test_local_cache_store_has_its_lock_folders_before_concurrent_requests(site):
+def test_cache_stores_have_their_lock_folders_before_concurrent_requests(site):
     """Moodle's file lock factory mkdirs lock folders without tolerating a race; config.php
-    creates all 256 up front so a fresh replica's first concurrent pages cannot fail. The
-    local store exists only beside a Redis application cache: with Moodle's file store (one
-    host's default) nothing is split off."""
+    creates all 256 up front so concurrent first pages cannot fail with "Unable to acquire a
+    lock for caching": Moodle's file store on the shared volume (emptied by every cache purge,
+    as a restore does), and the local store that exists only beside a Redis application cache."""
+    moodle_php("purge_all_caches();")
+    shared = "/var/moodledata/cache/cachestore_file/default_application/filelocks"
+    pages: list[str] = []
+
+    def fetch() -> None:
+        pages.append(requests.get(f"{site.url}/", timeout=60).text)
+
+    threads = [threading.Thread(target=fetch) for _ in range(12)]     # the cold cache's first pages, at once
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(pages) == 12 and not [p for p in pages if "Unable to acquire a lock" in p]
+    assert int(sh("docker", "exec", f"kit-{SITE}-web-1", "sh", "-c", f"ls {shared} | wc -l")) == 256
     mapped = moodle_php("$w = cache_config_writer::instance(); foreach ($w->get_definition_mappings() as $m) "
                         "{ echo $m['definition'], '=', $m['store'], \"\\n\"; }")
     if not plan(site).levers["redis_cache"]:
         assert "=kit_local" not in mapped, mapped
         return
     assert "core/coursemodinfo=kit_local" in mapped.split()
-    requests.get(f"{site.url}/", timeout=30)
     count = sh("docker", "exec", f"kit-{SITE}-web-1", "sh", "-c",
                "ls /var/cache/moodle/muc-local/filelocks | wc -l")
     assert int(count) == 256

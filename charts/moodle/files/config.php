@@ -48,17 +48,21 @@ $CFG->directorypermissions = 02770;
 // Each container lists the plugins of its own code (its image): in the shared cachedir, a
 // replica of the previous release rewrote the list without a plugin the new one carries.
 $CFG->alternative_component_cache = $CFG->localcachedir . '/core_component.php';
-
-// The per-container cache store (kit_local, under localcachedir) locks with Moodle's file
-// lock factory, which creates its 256 lock folders with a bare mkdir(): the first requests
-// on a fresh replica race and one fails with "Unable to acquire a lock for caching".
-// Create them all once, before any request needs one.
-if (!is_dir($CFG->localcachedir . '/muc-local/filelocks/ff')) {
-    for ($kitlockdir = 0; $kitlockdir < 256; $kitlockdir++) {
-        @mkdir(sprintf('%s/muc-local/filelocks/%02x', $CFG->localcachedir, $kitlockdir), 02770, true);
+// Moodle's file lock factory (the file cache stores' locks) makes each of its 256 lock
+// folders with a bare mkdir() when a lock first needs it: concurrent first requests race and
+// one fails with "Unable to acquire a lock for caching" (a fresh replica; and under load
+// after a restore purged the shared cache). Create them all, tolerating the race, before any
+// request needs one: on the shared volume for Moodle's file store, and in this container for
+// the per-container store (kit_local, under localcachedir).
+foreach ([$CFG->dataroot . '/cache/cachestore_file/default_application/filelocks', $CFG->localcachedir . '/muc-local/filelocks'] as $kitlocks) {
+    if (!is_dir($kitlocks . '/ff')) {
+        @mkdir($kitlocks, 02770, true);
+        for ($kitlockdir = 0; $kitlockdir < 256; $kitlockdir++) {
+            @mkdir(sprintf('%s/%02x', $kitlocks, $kitlockdir), 02770);
+        }
     }
-    unset($kitlockdir);
 }
+unset($kitlocks, $kitlockdir);
 
 // Security settings of site.yaml (security:), forced here: the admin UI shows them as fixed.
 $CFG->lockoutthreshold = 10;
