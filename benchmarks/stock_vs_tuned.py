@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Stock vs tuned: the same Moodle, data and journey on this host, one site after the other.
+"""Stock vs tuned: the same Moodle, data and journey on this host, measured in turn.
 
     MOODLE_SRC=~/moodle-src/4.5.6 .venv/bin/python benchmarks/stock_vs_tuned.py [--levers]
 
@@ -159,7 +159,7 @@ def finish_profile(site_dir: Path, profile: str, runs: list[tuple[dict, Path]], 
     saturated = run_level(site_dir, args.saturation_users, args.saturation_time)
     return {"profile": profile, "capacity": capacity, "capacity_file": str(capacity_file), "at25": at25,
             "capacity_repeats": repeats, "site_ms_at25_repeats": site_at25, "saturated": saturated,
-            "minutes": round(minutes, 1)}
+            "minutes_since_start": round(minutes, 1)}
 
 
 def apply_lever(site_dir: Path, lever: str) -> None:

@@ -163,5 +163,8 @@ def test_the_runs_replies_are_removed_by_their_subject_in_the_seeded_forum(tmp_p
     assert site.calls == [["/opt/kit/seed_discussions.php", "42", "--remove-replies", pages.REPLY_SUBJECT]]
     # An image from before the option answers as the seeding form did: nothing removed, said so.
     assert remove_replies(_ForumSite(0, "kit: ok: forum has 25 discussions\n"), target_path) is None  # type: ignore[arg-type]
+    (tmp_path / "other.json").write_text(json.dumps({"course_id": 2}))
+    with pytest.raises(OperationFailed, match="names no forum"):
+        remove_replies(site, tmp_path / "other.json")  # type: ignore[arg-type]
     with pytest.raises(OperationFailed, match="remove-replies: Coding error"):
         remove_replies(_ForumSite(255, "Coding error\n"), target_path)  # type: ignore[arg-type]

@@ -76,7 +76,7 @@ def remove_replies(target: Target, target_path: Path) -> int | None:
     try:
         forum_cmid = int(json.loads(target_path.read_text())["forum_cmid"])
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        raise OperationFailed(f"{target_path}: names no forum (forum_cmid)") from None
     code, out = target.moodle_cli(["/opt/kit/seed_discussions.php", str(forum_cmid), "--remove-replies",
                                    REPLY_SUBJECT], check=False, quiet=True)
     if code != 0:
